@@ -1,0 +1,46 @@
+"""Configuration of a TopK SAE (what the weights mean, not how they were trained)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class SaeConfig:
+    """Shape and encoding rule of a k-sparse autoencoder.
+
+    z = ReLU(TopK(W_enc (x / s - b_pre) + b_lat)),  x_hat = s * (W_dec^T z + b_pre)
+    where s is the input scale (1.0 when inputs are not normalised).
+    """
+
+    d_in: int
+    """Width of the activation vectors (1280 for the paper's SD1.x blocks)."""
+
+    n_latents: int = 0
+    """Dictionary size n_f. 0 means expansion_factor * d_in."""
+
+    expansion_factor: int = 4
+    """Used only when n_latents is 0 (the paper: n_f = 4d)."""
+
+    k: int = 10
+    """Active latents per vector (the paper trains 10 and 20)."""
+
+    latent_bias: bool = False
+    """SDLens-style bias added inside the TopK. The paper's SAE has none."""
+
+    def __post_init__(self) -> None:
+        if self.d_in <= 0:
+            raise ValueError(f"d_in must be positive, got {self.d_in}")
+        if self.n_latents == 0:
+            self.n_latents = self.expansion_factor * self.d_in
+        if self.n_latents <= 0:
+            raise ValueError(f"n_latents must be positive, got {self.n_latents}")
+        if not 0 < self.k <= self.n_latents:
+            raise ValueError(f"k must be in [1, n_latents={self.n_latents}], got {self.k}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SaeConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})

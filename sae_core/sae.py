@@ -1,0 +1,136 @@
+"""The k-sparse (TopK) autoencoder of Tinaz et al. / Gao et al., with SDLens's optional latent bias."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .config import SaeConfig
+from .sparse_ops import sparse_decode, topk_encode
+
+
+class SparseCode(NamedTuple):
+    values: torch.Tensor   # [N, k], >= 0
+    indices: torch.Tensor  # [N, k], int64 latent ids
+
+
+class ForwardOutput(NamedTuple):
+    x_hat: torch.Tensor        # [N, d], in input units
+    code: SparseCode
+    fvu: torch.Tensor          # fraction of variance unexplained, scalar
+    auxk_loss: torch.Tensor    # normalised MSE of the dead latents' fit to the residual
+
+
+class TopKSAE(nn.Module):
+    """Parameters (names are the native file's tensor names):
+
+    encoder_weight [n_f, d], latent_bias [n_f], W_dec [n_f, d] (row i = concept vector f_i),
+    b_pre [d] (shared by encoder and decoder), input_scale [] (inputs are divided by it).
+    """
+
+    def __init__(self, cfg: SaeConfig, *, device=None, dtype=torch.float32):
+        super().__init__()
+        self.cfg = cfg
+        n, d = cfg.n_latents, cfg.d_in
+        kw = dict(device=device, dtype=dtype)
+        self.encoder_weight = nn.Parameter(torch.empty(n, d, **kw))
+        self.latent_bias = nn.Parameter(torch.zeros(n, **kw), requires_grad=cfg.latent_bias)
+        self.W_dec = nn.Parameter(torch.empty(n, d, **kw))
+        self.b_pre = nn.Parameter(torch.zeros(d, **kw))
+        self.register_buffer("input_scale", torch.ones((), **kw))
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Tied init: random unit-norm decoder rows, encoder = decoder (W_enc = W_dec^T)."""
+        with torch.no_grad():
+            w = torch.randn(self.W_dec.shape, generator=generator, dtype=torch.float32)
+            w /= w.norm(dim=1, keepdim=True)
+            self.W_dec.copy_(w)
+            self.encoder_weight.copy_(w)
+            self.latent_bias.zero_()
+            self.b_pre.zero_()
+
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    @property
+    def n_latents(self) -> int:
+        return self.cfg.n_latents
+
+    @property
+    def k(self) -> int:
+        return self.cfg.k
+
+    # ---- inference ---------------------------------------------------------------
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return x / self.input_scale
+
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """Dense [N, n_f] pre-activations (before ReLU/TopK); for inspection, not training."""
+        xc = self.normalise(x.to(self.W_dec.dtype)) - self.b_pre
+        return torch.addmm(self.latent_bias, xc, self.encoder_weight.t())
+
+    def encode(self, x: torch.Tensor) -> SparseCode:
+        """x [N, d] -> its k active latents (values are in normalised units)."""
+        self._check_input(x)
+        xc = self.normalise(x.to(self.W_dec.dtype)) - self.b_pre
+        values, indices, _, _ = topk_encode(xc, self.encoder_weight, self.latent_bias, self.cfg.k)
+        return SparseCode(values.relu(), indices)
+
+    def decode(self, code: SparseCode) -> torch.Tensor:
+        """Sparse code -> x_hat [N, d] in input units, touching only the k active rows of W_dec."""
+        return (sparse_decode(code.values, code.indices, self.W_dec) + self.b_pre) * self.input_scale
+
+    def dense_code(self, code: SparseCode) -> torch.Tensor:
+        """[N, n_f] code with zeros outside the active set (what interventions read as Z)."""
+        z = code.values.new_zeros(code.values.shape[0], self.cfg.n_latents)
+        return z.scatter_(1, code.indices, code.values)
+
+    def concept_vectors(self, ids=None) -> torch.Tensor:
+        """Unit-norm concept directions f_i (rows of W_dec), in input space."""
+        w = self.W_dec if ids is None else self.W_dec[torch.as_tensor(ids, device=self.W_dec.device)]
+        return w / w.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+    # ---- training ----------------------------------------------------------------
+    def forward(self, x: torch.Tensor, dead_ids: torch.Tensor | None = None, k_aux: int = 0) -> ForwardOutput:
+        """Training forward pass; all losses are computed in normalised units."""
+        self._check_input(x)
+        xn = self.normalise(x.to(self.W_dec.dtype))
+        xc = xn - self.b_pre
+        values, indices, aux_values, aux_indices = topk_encode(
+            xc, self.encoder_weight, self.latent_bias, self.cfg.k, dead_ids, k_aux
+        )
+        values = values.relu()
+        xn_hat = sparse_decode(values, indices, self.W_dec) + self.b_pre
+        residual = xn - xn_hat
+        total_var = (xn - xn.mean(0)).pow(2).sum().clamp_min(1e-12)
+        fvu = residual.pow(2).sum() / total_var
+        if aux_indices.shape[1] > 0:
+            # The dead latents learn to explain what the live ones could not. ReLU as in
+            # Gao et al. and sparsify: only dead latents that would fire get pushed; without
+            # it (tried) negative ones are pushed further down and fewer come back.
+            e = residual.detach()
+            e_hat = sparse_decode(aux_values.relu(), aux_indices, self.W_dec)
+            auxk = (e_hat - e).pow(2).sum() / (e - e.mean(0)).pow(2).sum().clamp_min(1e-12)
+        else:
+            auxk = xn.new_zeros(())
+        return ForwardOutput(xn_hat * self.input_scale, SparseCode(values, indices), fvu, auxk)
+
+    @torch.no_grad()
+    def remove_parallel_decoder_grad(self) -> None:
+        """Keep only the gradient component orthogonal to each unit-norm decoder row."""
+        g = self.W_dec.grad
+        if g is not None:
+            g -= (g * self.W_dec).sum(1, keepdim=True) * self.W_dec
+
+    @torch.no_grad()
+    def normalise_decoder(self) -> None:
+        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 2 or x.shape[1] != self.cfg.d_in:
+            raise ValueError(
+                f"SAE expects activations of shape [N, {self.cfg.d_in}], got {list(x.shape)}"
+            )

@@ -1,0 +1,89 @@
+"""SAEs with what they were trained on, and sets of them keyed by (block, t, cond/uncond)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from .blocks import CONDITIONS, SD1_BLOCKS, canonical_block
+from .sae import TopKSAE
+
+
+@dataclass
+class SAEInfo:
+    """Where an SAE's inputs come from. `t` is the paper's diffusion time (1.0 = first reverse
+    step, 0.0 = last); None means the SAE was not trained for one timestep bucket."""
+
+    model_family: str = "sd1"
+    block: str = ""                # ComfyUI path, e.g. "input_blocks.8.1"
+    block_diffusers: str = ""      # e.g. "down_blocks.2.attentions.1"
+    t: float | None = None
+    cond: str = "both"             # "cond", "uncond" or "both"
+    source_format: str = "sae_concepts"
+    training: dict = field(default_factory=dict)  # vectors_seen, fvu, l0, dead_fraction, ...
+
+    def __post_init__(self) -> None:
+        if self.cond not in CONDITIONS:
+            raise ValueError(f"cond must be one of {CONDITIONS}, got {self.cond!r}")
+        if self.t is not None and not 0.0 <= float(self.t) <= 1.0:
+            raise ValueError(f"t must be in [0, 1] (1.0 = first reverse step), got {self.t}")
+        if self.model_family == "sd1" and self.block:
+            self.block = canonical_block(self.block)
+            self.block_diffusers = SD1_BLOCKS[self.block][0]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SAEInfo":
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    def label(self) -> str:
+        t = "any t" if self.t is None else f"t={self.t:g}"
+        return f"{self.block or '?'} ({self.block_diffusers or '?'}), {t}, {self.cond}"
+
+
+@dataclass
+class SAEEntry:
+    sae: TopKSAE
+    info: SAEInfo
+    latent_mean: torch.Tensor | None = None   # [n_f] mean activation per latent (SDLens stats)
+    latent_std: torch.Tensor | None = None
+
+
+class SAESet:
+    """Several SAEs loaded as one object; a node picks the one for its block and timestep."""
+
+    def __init__(self, entries: list[SAEEntry], source: str = ""):
+        if not entries:
+            raise ValueError("an SAE set needs at least one SAE")
+        self.entries = list(entries)
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __iter__(self):
+        return iter(self.entries)
+
+    @property
+    def blocks(self) -> list[str]:
+        return sorted({e.info.block for e in self.entries})
+
+    def select(self, block: str, t: float | None = None, cond: str = "cond") -> SAEEntry:
+        """The SAE for `block` whose condition fits and whose timestep bucket is nearest to t."""
+        if self.entries[0].info.model_family == "sd1":
+            block = canonical_block(block)
+        at_block = [e for e in self.entries if e.info.block == block]
+        if not at_block:
+            raise KeyError(f"no SAE for block {block!r} in {self.source or 'this set'}; "
+                           f"it has {self.blocks}")
+        fitting = [e for e in at_block if e.info.cond in (cond, "both")] or at_block
+        if t is None:
+            return fitting[0]
+        return min(fitting, key=lambda e: abs((e.info.t if e.info.t is not None else t) - t))
+
+    def describe(self) -> str:
+        return "\n".join(
+            f"{e.info.label()}: d={e.sae.d_in}, n_f={e.sae.n_latents}, k={e.sae.k}" for e in self.entries
+        )

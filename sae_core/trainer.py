@@ -1,0 +1,229 @@
+"""Train a TopK SAE from any iterator of [N, d] activation batches, resumably."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .atomic import atomic_path, write_text_atomic
+from .config import SaeConfig
+from .geometric_median import geometric_median
+from .sae import TopKSAE
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-4
+    """Adam learning rate (the paper: 1e-4 at batch 4096)."""
+    seed: int = 0
+    """Seeds the weight initialisation; with the same data order the run is reproducible."""
+    k_aux: int = 256
+    """Dead latents used by the AuxK loss per vector."""
+    auxk_alpha: float = 1 / 32
+    """Weight of the AuxK loss; 0 disables it."""
+    dead_after: int = 10_000_000
+    """A latent that has not fired for this many vectors counts as dead."""
+    normalise_input: bool = True
+    """Divide inputs by a scalar so that E||x||^2 = d (estimated from the first batch)."""
+    init_sample: int = 4096
+    """Vectors of the first batch used for the geometric-median pre-bias and the input scale."""
+    max_steps: int = 0
+    """Stop after this many batches; 0 means when the data ends."""
+    log_every: int = 10
+    checkpoint_every: int = 100
+    """Steps between checkpoints (also written at the end); 0 means only at the end."""
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+class Trainer:
+    """Adam + unit-norm decoder + AuxK. One batch from the iterator is one step.
+
+    Resuming: with `checkpoint` set, an existing checkpoint is loaded and the first
+    `step` batches of the iterator are skipped, so the iterator must replay the same
+    sequence (a seeded or file-backed source does). A killed run resumed this way ends
+    with the same weights as an uninterrupted one.
+    """
+
+    def __init__(self, sae_cfg: SaeConfig, cfg: TrainConfig = TrainConfig(), *, checkpoint=None,
+                 log_path=None, device="cpu", progress: bool = False):
+        self.sae_cfg, self.cfg = sae_cfg, cfg
+        self.device = torch.device(device)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        self.sae = TopKSAE(sae_cfg)
+        self.sae.reset_parameters(gen)
+        self.sae.to(self.device)
+        self.optimizer = torch.optim.Adam([p for p in self.sae.parameters() if p.requires_grad], lr=cfg.lr)
+        self.tokens_since_fired = torch.zeros(sae_cfg.n_latents, dtype=torch.int64, device=self.device)
+        self.step = 0
+        self.vectors_seen = 0
+        self.initialised = False
+        self.history: list[dict] = []
+        self.checkpoint = Path(checkpoint) if checkpoint else None
+        self.log_path = Path(log_path) if log_path else None
+        self.progress = progress
+        if self.checkpoint and self.checkpoint.exists():
+            self._load_checkpoint(self.checkpoint)
+
+    # ---- the step ----------------------------------------------------------------
+    @torch.no_grad()
+    def _initialise(self, x: torch.Tensor) -> None:
+        sample = x[: self.cfg.init_sample].float()
+        if self.cfg.normalise_input:
+            scale = sample.pow(2).sum(1).mean().div(self.sae_cfg.d_in).sqrt()
+            self.sae.input_scale.fill_(float(scale) if scale > 0 else 1.0)
+        self.sae.b_pre.copy_(geometric_median(sample / self.sae.input_scale.cpu().float()).to(self.device))
+        self.initialised = True
+
+    def dead_mask(self) -> torch.Tensor:
+        return self.tokens_since_fired >= self.cfg.dead_after
+
+    def train_step(self, x: torch.Tensor) -> dict:
+        x = x.to(self.device, torch.float32)
+        if not self.initialised:
+            self._initialise(x)
+        use_aux = self.cfg.auxk_alpha > 0 and self.cfg.k_aux > 0
+        dead = self.dead_mask()
+        dead_ids = dead.nonzero().squeeze(1) if use_aux else None
+        out = self.sae(x, dead_ids, self.cfg.k_aux if use_aux else 0)
+        loss = out.fvu + self.cfg.auxk_alpha * out.auxk_loss
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"loss became {loss.item()} at step {self.step}: the batch or the weights hold NaN/Inf "
+                f"(batch finite: {bool(torch.isfinite(x).all())})"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.sae.remove_parallel_decoder_grad()
+        self.optimizer.step()
+        self.sae.normalise_decoder()
+        with torch.no_grad():
+            fired = torch.zeros_like(dead)
+            fired[out.code.indices[out.code.values > 0]] = True
+            self.tokens_since_fired += x.shape[0]
+            self.tokens_since_fired[fired] = 0
+        self.step += 1
+        self.vectors_seen += x.shape[0]
+        return {
+            "fvu": out.fvu.item(),
+            "auxk_loss": out.auxk_loss.item(),
+            "l0": (out.code.values > 0).sum(1).float().mean().item(),
+            "dead_fraction": dead.float().mean().item(),
+        }
+
+    # ---- the loop ----------------------------------------------------------------
+    def fit(self, batches: Iterable[torch.Tensor], on_log: Callable[[dict], None] | None = None) -> TopKSAE:
+        it = iter(batches)
+        for _ in range(self.step):  # replay: skip what the checkpoint already consumed
+            if next(it, None) is None:
+                raise TrainingError(f"resuming at step {self.step}, but the data ended after fewer batches")
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=self.cfg.max_steps or None, initial=self.step, desc="train SAE", unit="step")
+        window: list[dict] = []
+        last_ckpt = self.step
+        try:
+            for x in it:
+                if self.cfg.max_steps and self.step >= self.cfg.max_steps:
+                    break
+                window.append(self.train_step(x))
+                if bar is not None:
+                    bar.update(1)
+                if self.step % self.cfg.log_every == 0:
+                    entry = self._log(window)
+                    window = []
+                    if bar is not None:
+                        bar.set_postfix(fvu=f"{entry['fvu']:.3f}", l0=f"{entry['l0']:.1f}",
+                                        dead=f"{entry['dead_fraction']:.2f}")
+                    if on_log:
+                        on_log(entry)
+                if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+                    last_ckpt = self.step
+        finally:
+            if bar is not None:
+                bar.close()
+        if window:
+            entry = self._log(window)
+            if on_log:
+                on_log(entry)
+        if self.step != last_ckpt or not (self.checkpoint and self.checkpoint.exists()):
+            self.save_checkpoint()
+        return self.sae
+
+    def _log(self, window: list[dict]) -> dict:
+        entry = {"step": self.step, "vectors_seen": self.vectors_seen}
+        for key in window[0]:
+            entry[key] = sum(w[key] for w in window) / len(window)
+        self.history.append(entry)
+        return entry
+
+    def summary(self) -> dict:
+        """Training summary stored in the SAE file: figures of the last logged window."""
+        last = self.history[-1] if self.history else {}
+        return {
+            "vectors_seen": self.vectors_seen,
+            "steps": self.step,
+            "fvu": last.get("fvu", math.nan),
+            "l0": last.get("l0", math.nan),
+            "dead_fraction": float(self.dead_mask().float().mean()),
+            "lr": self.cfg.lr,
+            "auxk_alpha": self.cfg.auxk_alpha,
+        }
+
+    # ---- checkpoints -------------------------------------------------------------
+    def save_checkpoint(self, path=None) -> None:
+        path = Path(path) if path else self.checkpoint
+        if self.log_path:
+            write_text_atomic(self.log_path, "".join(json.dumps(h) + "\n" for h in self.history))
+        if path is None:
+            return
+        tensors = {f"sae.{k}": v.detach().contiguous().cpu() for k, v in self.sae.state_dict().items()}
+        tensors["tokens_since_fired"] = self.tokens_since_fired.cpu()
+        opt = self.optimizer.state_dict()
+        for i, state in opt["state"].items():
+            for name, value in state.items():
+                tensors[f"adam.{i}.{name}"] = torch.as_tensor(value).cpu()
+        meta = {
+            "step": self.step, "vectors_seen": self.vectors_seen, "initialised": self.initialised,
+            "sae_cfg": self.sae_cfg.to_dict(), "train_cfg": asdict(self.cfg),
+            "param_groups": opt["param_groups"], "history": self.history,
+        }
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"sae_concepts_trainer": json.dumps(meta)})
+
+    def _load_checkpoint(self, path: Path) -> None:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = json.loads(f.metadata()["sae_concepts_trainer"])
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # noqa: BLE001 - any failure here means the file is unusable
+            raise TrainingError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); "
+                                f"delete it to start over") from e
+        mismatch = [f"{k}: checkpoint {meta['sae_cfg'].get(k)!r} vs now {v!r}"
+                    for k, v in self.sae_cfg.to_dict().items() if meta["sae_cfg"].get(k) != v]
+        mismatch += [f"{k}: checkpoint {meta['train_cfg'].get(k)!r} vs now {v!r}"
+                     for k, v in asdict(self.cfg).items()
+                     if k not in ("max_steps", "log_every", "checkpoint_every") and meta["train_cfg"].get(k) != v]
+        if mismatch:
+            raise TrainingError(f"checkpoint {path} was made with another configuration: " + "; ".join(mismatch))
+        self.sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")})
+        self.sae.to(self.device)
+        self.tokens_since_fired = tensors["tokens_since_fired"].to(self.device)
+        state: dict = {}
+        for key, value in tensors.items():
+            if key.startswith("adam."):
+                _, i, name = key.split(".", 2)
+                state.setdefault(int(i), {})[name] = value if name == "step" else value.to(self.device)
+        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        self.step, self.vectors_seen = meta["step"], meta["vectors_seen"]
+        self.initialised, self.history = meta["initialised"], meta["history"]
