@@ -1,0 +1,1 @@
+"""Headless pipeline (collect -> train -> dictionary -> evaluate) behind the `sae-concepts` CLI."""
