@@ -59,6 +59,7 @@ class SAESet:
             raise ValueError("an SAE set needs at least one SAE")
         self.entries = list(entries)
         self.source = source
+        self.dictionary = None   # a ConceptDictionary attached by whoever loads one beside the set
 
     def __len__(self) -> int:
         return len(self.entries)

@@ -1,0 +1,59 @@
+"""LoadSAE: an SAE or SAE set from models/sae, in the native format or SDLens / sparsify / SAELens."""
+from __future__ import annotations
+
+import folder_paths
+from comfy_api.latest import io
+
+from ..sae_core import SD1_BLOCKS, SAEInfo, load_sae
+from ..sae_core.concept_dictionary import ConceptDictionary
+from .model_folders import dictionary_files, sae_files
+from .sae_type import SAE
+
+FROM_FILE = "from file"
+
+
+class LoadSAE(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LoadSAE",
+            display_name="Load SAE",
+            category="sae_concepts",
+            description="Loads a sparse autoencoder (or a set of them, one per block / timestep / cond) "
+                        "from ComfyUI/models/sae.",
+            inputs=[
+                io.Combo.Input("sae_name", options=sae_files(),
+                               tooltip="A native .safetensors SAE set, or a file inside an SDLens "
+                                       "(state_dict.pth), sparsify (sae.safetensors) or SAELens "
+                                       "(sae_weights.safetensors) folder."),
+                io.Combo.Input("dictionary", options=["none"] + dictionary_files(), default="none",
+                               tooltip="Concept dictionary (.json from `sae-concepts dictionary`) that "
+                                       "names each concept id; lets steering nodes take words."),
+                io.Combo.Input("block_for_foreign", options=[FROM_FILE] + list(SD1_BLOCKS), default=FROM_FILE,
+                               tooltip="SDLens / SAELens files do not record which U-Net block they were "
+                                       "trained on: pick it here. Native files know their block."),
+            ],
+            outputs=[SAE.Output(display_name="sae", tooltip="The SAE set.")],
+        )
+
+    @classmethod
+    def execute(cls, sae_name, dictionary, block_for_foreign) -> io.NodeOutput:
+        path = folder_paths.get_full_path_or_raise("sae", sae_name)
+        info = None if block_for_foreign == FROM_FILE else SAEInfo(block=block_for_foreign, cond="both")
+        sae_set = load_sae(path, info=info)
+        for e in sae_set:
+            if not e.info.block:
+                raise ValueError(f"LoadSAE: {sae_name} ({e.info.source_format}) does not say which U-Net block "
+                                 f"it was trained on; choose it in block_for_foreign")
+        if dictionary != "none":
+            sae_set.dictionary = ConceptDictionary.load(
+                folder_paths.get_full_path_or_raise("sae_dictionaries", dictionary))
+        return io.NodeOutput(sae_set)
+
+    @classmethod
+    def fingerprint_inputs(cls, sae_name, dictionary, block_for_foreign):
+        import os
+        files = [folder_paths.get_full_path("sae", sae_name)]
+        if dictionary != "none":
+            files.append(folder_paths.get_full_path("sae_dictionaries", dictionary))
+        return tuple(os.path.getmtime(f) if f and os.path.exists(f) else None for f in files)

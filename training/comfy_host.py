@@ -1,0 +1,94 @@
+"""Run ComfyUI's own SD1.x model code without the server.
+
+ComfyUI is not on PyPI; it is found at $COMFYUI_PATH, else as the ComfyUI that holds this
+plugin in custom_nodes/, else at ~/comfy/ComfyUI (comfy-cli's default).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+PLUGIN_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ComfyUINotFound(RuntimeError):
+    pass
+
+
+def candidate_paths() -> list[Path]:
+    paths = []
+    if os.environ.get("COMFYUI_PATH"):
+        paths.append(Path(os.environ["COMFYUI_PATH"]).expanduser())
+    if PLUGIN_ROOT.parent.name == "custom_nodes":
+        paths.append(PLUGIN_ROOT.parent.parent)
+    paths.append(Path.home() / "comfy" / "ComfyUI")
+    return paths
+
+
+def find_comfyui() -> Path | None:
+    for p in candidate_paths():
+        if (p / "comfy" / "model_patcher.py").is_file() and (p / "nodes.py").is_file():
+            return p.resolve()
+    return None
+
+
+def import_comfy(cpu: bool | None = None, extra_sys_paths: tuple[str, ...] = ()) -> Path:
+    """Put ComfyUI on sys.path and configure it for in-process use; returns its folder."""
+    root = find_comfyui()
+    if root is None:
+        raise ComfyUINotFound(
+            "ComfyUI not found: set COMFYUI_PATH to a ComfyUI checkout, or export one to "
+            f"~/comfy/ComfyUI (looked in: {', '.join(map(str, candidate_paths()))})")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    for extra in extra_sys_paths:
+        if extra not in sys.path:
+            sys.path.append(extra)
+    if "comfy.model_management" not in sys.modules:
+        from comfy.cli_args import args
+        import torch
+        args.cpu = (not torch.cuda.is_available()) if cpu is None else cpu
+        args.use_pytorch_cross_attention = True
+        args.disable_all_custom_nodes = True
+    import comfy.model_management  # noqa: F401  (initialises devices with the args above)
+    return root
+
+
+TINY_SD1_UNET = dict(model_channels=32, context_dim=32, num_heads=4)
+
+
+def build_random_sd1(tiny: bool = True, seed: int = 0, dtype=None):
+    """An SD1.x U-Net (ComfyUI's classes, same block paths) with random weights, as a ModelPatcher.
+
+    tiny: model_channels=32 / context_dim=32 (8.5M params); else the real SD1.5 size (859.5M).
+    ComfyUI's ops leave weights uninitialised, so every torch layer is reset from `seed`.
+    """
+    import torch
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    cfg = {'use_checkpoint': False, 'image_size': 32, 'out_channels': 4, 'use_spatial_transformer': True,
+           'legacy': False, 'adm_in_channels': None, 'in_channels': 4, 'model_channels': 320,
+           'num_res_blocks': [2, 2, 2, 2], 'transformer_depth': [1, 1, 1, 1, 1, 1, 0, 0],
+           'channel_mult': [1, 2, 4, 4], 'transformer_depth_middle': 1, 'use_linear_in_transformer': False,
+           'context_dim': 768, 'num_heads': 8, 'transformer_depth_output': [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+           'use_temporal_attention': False, 'use_temporal_resblock': False}
+    if tiny:
+        cfg.update(TINY_SD1_UNET)
+    model_config = comfy.supported_models.SD15(cfg)
+    model_config.set_inference_dtype(dtype or torch.float32, None)
+    model = model_config.get_model({})
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            for base in (torch.nn.Linear, torch.nn.Conv2d, torch.nn.GroupNorm, torch.nn.LayerNorm):
+                if isinstance(m, base):
+                    base.reset_parameters(m)
+                    break
+    torch.random.set_rng_state(gen_state)
+    model.eval()
+    return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
