@@ -1,0 +1,292 @@
+"""Nodes on a real ComfyUI (host tier): tiny random SD1.x U-Net, ComfyUI's own classes."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+
+import pytest
+import torch
+
+from sae_concepts.sae_core import SAEEntry, SAEInfo, SAESet, SaeConfig, TopKSAE, save_sae_set
+from sae_concepts.sae_core.concept_dictionary import ConceptDictionary, SAEConcepts
+from sae_concepts.sae_core.reference import dense_topk_code
+
+BLOCK = "middle_block.1"
+TINY_CH = 128   # channels of the tiny model's 1280-channel blocks (model_channels 32 x 4)
+STEPS = 4
+
+
+def make_sae(d=TINY_CH, n=256, k=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    sae = TopKSAE(SaeConfig(d_in=d, n_latents=n, k=k))
+    sae.reset_parameters(g)
+    with torch.no_grad():
+        sae.b_pre.copy_(torch.randn(d, generator=g) * 0.1)
+        sae.input_scale.fill_(3.0)
+    return sae.eval().requires_grad_(False)
+
+
+def sae_set(block=BLOCK, d=TINY_CH, seed=0, dictionary=True):
+    s = SAESet([SAEEntry(make_sae(d=d, seed=seed), SAEInfo(block=block, t=None, cond="both"))])
+    if dictionary:
+        s.dictionary = ConceptDictionary([SAEConcepts(block, None, "both", {
+            3: {"labels": ["dog", "dog"], "counts": {"dog": 2}},
+            7: {"labels": ["cat"], "counts": {"cat": 1}},
+            11: {"labels": ["hot dog"], "counts": {"hot dog": 1}}})])
+    return s
+
+
+class Recorder:
+    """BlockEdit that records (delta, sigmas, kinds) of every call and changes nothing."""
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, delta, call):
+        self.calls.append((delta.detach().clone(), call.sigmas.clone(), list(call.row_kinds)))
+        return None
+
+
+def sample(model, seed=0, size=32, steps=STEPS, cfg=7.5):
+    import comfy.sample
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(1, 4, size, size, generator=g)
+    pos = [[torch.randn(1, 77, 32, generator=g), {}]]
+    neg = [[torch.randn(1, 77, 32, generator=g) * 0.1, {}]]
+    return comfy.sample.sample(model, noise, steps, cfg, "ddim", "normal", pos, neg,
+                               torch.zeros(1, 4, size, size), disable_pbar=True, seed=seed)
+
+
+def out(node_output):
+    return node_output.result if hasattr(node_output, "result") else node_output
+
+
+def steer_spatial(model, s, concept="3, 7", mask=None, beta=50.0, start=0.0, end=0.5, rows="cond", block=BLOCK):
+    from sae_concepts.nodes.spatial_concept_steer import SpatialConceptSteer
+    if mask is None:
+        mask = torch.zeros(1, 256, 256)
+        mask[:, :, :128] = 1.0        # left half
+    return out(SpatialConceptSteer.execute(model, s, concept, mask, beta, block, start, end, rows))[0]
+
+
+def steer_global(model, s, concept="7", beta=30.0, start=0.0, end=1.0, rows="both", block=BLOCK):
+    from sae_concepts.nodes.global_style_steer import GlobalStyleSteer
+    return out(GlobalStyleSteer.execute(model, s, concept, beta, block, start, end, rows))[0]
+
+
+def sandwich(model, steer):
+    """Recorders below and above a steer on the same block: their Delta difference is the change."""
+    from sae_concepts.nodes.block_patch import patch_block
+    below, above = Recorder(), Recorder()
+    m = steer(patch_block(model, BLOCK, below))
+    m = patch_block(m, BLOCK, above)
+    sample(m)
+    assert len(below.calls) == len(above.calls) == STEPS
+    return below, above
+
+
+def window_sigmas(model, start, end):
+    ms = model.get_model_object("model_sampling")
+    return ms.percent_to_sigma(end), ms.percent_to_sigma(start)
+
+
+def expected_spatial(sae, delta_rows, ids, region, beta):
+    """The paper's spatial formula written densely and independently of sae_core.interventions."""
+    Z = dense_topk_code(sae, delta_rows) * sae.input_scale
+    f = sae.W_dec[ids] / sae.W_dec[ids].norm(dim=1, keepdim=True)
+    inside = beta * Z.norm(dim=1, keepdim=True) * f.sum(0)
+    outside = -(Z[:, ids] @ sae.W_dec[ids])
+    return region[:, None] * inside + (1 - region[:, None]) * outside
+
+
+def test_spatial_steer_matches_formula_in_window_and_rows(tiny_model):
+    s = sae_set()
+    sae = s.entries[0].sae
+    below, above = sandwich(tiny_model, lambda m: steer_spatial(m, s, concept="3, 7", beta=50.0,
+                                                                start=0.0, end=0.5, rows="cond"))
+    lo, hi = window_sigmas(tiny_model, 0.0, 0.5)
+    steered_calls = 0
+    for (d0, sig, kinds), (d1, _, _) in zip(below.calls, above.calls):
+        B, C, H, W = d0.shape
+        region = torch.zeros(H, W)
+        region[:, : W // 2] = 1.0
+        for i in range(B):
+            in_window = lo <= float(sig[i]) <= hi
+            if in_window and kinds[i] == "cond":
+                rows = d0[i].reshape(C, H * W).t()
+                exp = expected_spatial(sae, rows, [3, 7], region.reshape(-1), 50.0)
+                got = (d1[i] - d0[i]).reshape(C, H * W).t()
+                torch.testing.assert_close(got, exp, rtol=1e-4, atol=1e-3)
+                inside = region.reshape(-1) > 0
+                assert got[inside].abs().max() > 1.0 and got[~inside].abs().sum() >= 0
+                steered_calls += 1
+            else:
+                assert torch.equal(d1[i], d0[i]), f"row {i} ({kinds[i]}, sigma {float(sig[i]):.3f}) was changed"
+    assert steered_calls == 2, "4 ddim steps, window 0-0.5: exactly the first two cond rows"
+
+
+def test_global_steer_matches_formula_on_both_rows(tiny_model):
+    s = sae_set()
+    sae = s.entries[0].sae
+    below, above = sandwich(tiny_model, lambda m: steer_global(m, s, concept="cat", beta=30.0, start=0.5, end=1.0))
+    lo, hi = window_sigmas(tiny_model, 0.5, 1.0)
+    n = 0
+    for (d0, sig, kinds), (d1, _, _) in zip(below.calls, above.calls):
+        B, C, H, W = d0.shape
+        for i in range(B):
+            if lo <= float(sig[i]) <= hi:
+                rows = d0[i].reshape(C, H * W).t()
+                norm = (dense_topk_code(sae, rows) * sae.input_scale).norm(dim=1, keepdim=True)
+                f = sae.W_dec[7] / sae.W_dec[7].norm()
+                exp = 30.0 * norm / norm.sum() * f
+                torch.testing.assert_close((d1[i] - d0[i]).reshape(C, H * W).t(), exp, rtol=1e-4, atol=1e-5)
+                n += 1
+            else:
+                assert torch.equal(d1[i], d0[i])
+    assert n == 4, "window 0.5-1 of 4 steps: 2 steps x (cond + uncond)"
+
+
+def test_clones_are_isolated_and_patches_chain(tiny_model):
+    s = sae_set()
+    base = sample(tiny_model)
+    assert torch.equal(sample(tiny_model.clone()), base), "a plain clone must be bit-identical"
+    a = steer_global(tiny_model, s, concept="7", beta=200.0)
+    ab = steer_spatial(a, s, concept="dog", beta=100.0, rows="both")
+    out_a, out_ab = sample(a), sample(ab)
+    assert not torch.allclose(out_a, base) and not torch.allclose(out_ab, out_a)
+    only_b = sample(steer_spatial(tiny_model, s, concept="dog", beta=100.0, rows="both"))
+    assert not torch.allclose(out_ab, only_b), "the chained model must apply both steers"
+    # Running steered clones left nothing behind on the original.
+    assert torch.equal(sample(tiny_model), base)
+    from sae_concepts.nodes.block_patch import PatchedSpatialTransformer
+    import comfy.utils
+    assert not isinstance(comfy.utils.get_attr(tiny_model.model, "diffusion_model." + BLOCK),
+                          PatchedSpatialTransformer)
+    # Chaining composes: an additive edit patched twice with v equals once with 2 v.
+    from sae_concepts.nodes.block_patch import patch_block
+    bump = lambda v: (lambda d, c: torch.full_like(d, v))
+    twice = sample(patch_block(patch_block(tiny_model, BLOCK, bump(0.01)), BLOCK, bump(0.01)))
+    once = sample(patch_block(tiny_model, BLOCK, bump(0.02)))
+    torch.testing.assert_close(twice, once, rtol=1e-3, atol=2e-3)  # outputs ~70: float rounding
+
+
+def test_weight_patch_under_the_wrapper_still_applies(tiny_model):
+    s = sae_set()
+    key = f"diffusion_model.{BLOCK}.proj_out.weight"
+    w = tiny_model.model.state_dict()[key]
+    diff = torch.randn(w.shape, generator=torch.Generator().manual_seed(1)) * 0.05
+    steered = steer_global(tiny_model, s, beta=100.0)
+    steered_then_lora = steered.clone()
+    steered_then_lora.add_patches({key: (diff,)}, 1.0)
+    lora_then_steered_base = tiny_model.clone()
+    lora_then_steered_base.add_patches({key: (diff,)}, 1.0)
+    lora_then_steered = steer_global(lora_then_steered_base, s, beta=100.0)
+    x1, x2, x0 = sample(steered_then_lora), sample(lora_then_steered), sample(steered)
+    assert not torch.allclose(x1, x0), "the weight patch under the steer wrapper had no effect"
+    torch.testing.assert_close(x1, x2)
+    assert torch.equal(tiny_model.model.state_dict()[key], w), "weights were not restored"
+
+
+def test_concept_map_preview_outputs(tiny_model):
+    from sae_concepts.nodes.concept_map_preview import ConceptMapPreview
+    s = sae_set()
+    g = torch.Generator().manual_seed(0)
+    pos = [[torch.randn(1, 77, 32, generator=g), {}]]
+    neg = [[torch.randn(1, 77, 32, generator=g), {}]]
+    latent = {"samples": torch.zeros(2, 4, 32, 32)}
+    image, mask, text = out(ConceptMapPreview.execute(tiny_model, s, pos, neg, latent, 0, 10, 7.5, "ddim", "normal",
+                                                      0.0, BLOCK, True, 5, concept="dog"))
+    assert image.shape == (2, 256, 256, 3) and 0 <= image.min() and image.max() <= 1
+    assert mask.shape == (2, 256, 256) and 0 <= mask.min() and mask.max() <= 1
+    assert "step 1/10 (t = 1.0)" in text and text.count("concept ") >= 2
+    # The map shows the first step: identical whatever the later steps would do.
+    image2, _, _ = out(ConceptMapPreview.execute(tiny_model, s, pos, neg, latent, 0, 10, 7.5, "ddim", "normal",
+                                                 0.0, BLOCK, False, 5))
+    rec = Recorder()
+    from sae_concepts.nodes.block_patch import patch_block
+    from sae_concepts.sae_core.interventions import top_concepts
+    import comfy.sample
+    m = patch_block(tiny_model, BLOCK, rec)
+    noise = comfy.sample.prepare_noise(latent["samples"], 0)
+    comfy.sample.sample(m, noise, 10, 7.5, "ddim", "normal", pos, neg, latent["samples"], last_step=1,
+                        disable_pbar=True, seed=0)
+    d0, _, kinds = rec.calls[0]
+    rows = d0[kinds.index("cond")].reshape(TINY_CH, -1).t()
+    ids, strength = top_concepts(s.entries[0].sae, rows)
+    from sae_concepts.sae_core.concept_render import colour_map
+    expected = colour_map(ids.reshape(4, 4), strength.reshape(4, 4), (256, 256))
+    torch.testing.assert_close(image2[0], expected)
+
+
+# ---- bad input --------------------------------------------------------------------------
+def test_bad_inputs_are_clear_errors_or_documented(tiny_model, caplog):
+    s = sae_set()
+    small = torch.zeros(7, 5)
+    small[:, :2] = 1
+    sample(steer_spatial(tiny_model, s, mask=small))            # other mask size: resized
+    with caplog.at_level(logging.WARNING, logger="sae_concepts"):
+        sample(steer_spatial(tiny_model, s, mask=torch.zeros(1, 64, 64)))
+    assert "mask is empty" in caplog.text
+    with pytest.raises(ValueError, match=r"no concept of block middle_block.1 is labelled \['zebra'\]"):
+        steer_spatial(tiny_model, s, concept="zebra")
+    with pytest.raises(ValueError, match="needs a concept dictionary"):
+        steer_global(tiny_model, sae_set(dictionary=False), concept="dog")
+    with pytest.raises(ValueError, match=r"has no SAE for block 'input_blocks.8.1'.*\['middle_block.1'\]"):
+        steer_global(tiny_model, s, block="input_blocks.8.1")
+    with pytest.raises(ValueError, match="has d=1280, but block middle_block.1 of this model has 128 channels"):
+        steer_global(tiny_model, sae_set(d=1280, dictionary=False))
+    with pytest.raises(ValueError, match="start_percent=0.7, end_percent=0.2"):
+        steer_global(tiny_model, s, start=0.7, end=0.2)
+    with pytest.raises(ValueError, match=r"out of range .* \(0..255\)"):
+        steer_global(tiny_model, s, concept="3, 999")
+    with pytest.raises(ValueError, match="concept is empty"):
+        steer_global(tiny_model, s, concept=" , ")
+
+
+def test_nan_activations_leave_rows_unsteered(tiny_model, caplog):
+    from sae_concepts.nodes.block_patch import BlockCall
+    from sae_concepts.nodes.steering import ConceptSteerEdit
+    edit = ConceptSteerEdit(tiny_model, sae_set(), BLOCK, "7", "global", 10.0, 0.0, 1.0, "both")
+    delta = torch.randn(2, TINY_CH, 4, 4)
+    delta[1, 0, 0, 0] = float("nan")
+    call = BlockCall(BLOCK, torch.tensor([14.0, 14.0]), ["cond", "uncond"], {"cond_or_uncond": [0, 1]})
+    with caplog.at_level(logging.WARNING, logger="sae_concepts"):
+        change = edit(delta, call)
+    assert torch.isfinite(change).all() and change[0].abs().sum() > 0 and torch.equal(change[1], torch.zeros_like(change[1]))
+    assert "NaN/Inf" in caplog.text
+
+
+# ---- registration -----------------------------------------------------------------------
+def test_plugin_registers_and_schemas_are_valid(comfy, tmp_path):
+    import folder_paths
+    import nodes
+    plugin_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    link = tmp_path / "custom_nodes" / "sae_concepts"
+    link.parent.mkdir()
+    link.symlink_to(plugin_root)
+    sae_dir = tmp_path / "models_sae"
+    sae_dir.mkdir()
+    save_sae_set(sae_dir / "demo.safetensors", sae_set().entries)
+    sae_set().dictionary.save(sae_dir / "demo_dictionary.json")
+    from sae_concepts.nodes import model_folders
+    model_folders.register()
+    folder_paths.add_model_folder_path("sae", str(sae_dir))
+    folder_paths.add_model_folder_path("sae_dictionaries", str(sae_dir))
+    ok = asyncio.run(nodes.load_custom_node(str(link), module_parent="custom_nodes"))
+    assert ok is True
+    for node_id in ("LoadSAE", "SpatialConceptSteer", "GlobalStyleSteer", "ConceptMapPreview"):
+        cls = nodes.NODE_CLASS_MAPPINGS[node_id]
+        info = cls.GET_NODE_INFO_V1()
+        assert info["name"] == node_id and info["category"] == "sae_concepts"
+        for section in ("required", "optional"):
+            for name, spec in info["input"].get(section, {}).items():
+                if len(spec) > 1 and isinstance(spec[1], dict) and name not in ("positive", "negative", "latent_image", "model"):
+                    assert spec[1].get("tooltip") or name in ("cfg", "sampler_name", "scheduler"), f"{node_id}.{name} has no tooltip"
+    load = nodes.NODE_CLASS_MAPPINGS["LoadSAE"]
+    info = load.GET_NODE_INFO_V1()
+    options = lambda spec: spec[0] if isinstance(spec[0], list) else spec[1]["options"]
+    assert "demo.safetensors" in options(info["input"]["required"]["sae_name"])
+    assert "demo_dictionary.json" in options(info["input"]["required"]["dictionary"])
+    loaded = out(load.execute("demo.safetensors", "demo_dictionary.json", "from file"))[0]
+    assert loaded.blocks == [BLOCK] and loaded.dictionary.for_sae(BLOCK, None, "cond").lookup("dog") == [3, 11]
