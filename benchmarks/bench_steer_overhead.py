@@ -68,12 +68,13 @@ def main(argv=None) -> None:
             t0 = time.perf_counter()
             run(m)
             times[name].append(time.perf_counter() - t0)
-    base = statistics.median(times["unsteered"])
+    base, base_min = statistics.median(times["unsteered"]), min(times["unsteered"])
     print(f"SD1.5 full size, latent {a.size}x{a.size}, cfg 7.5 (batch 2), 1 ddim step, block {a.block}, "
-          f"threads={torch.get_num_threads()}, median of {a.repeats}")
+          f"threads={torch.get_num_threads()}, {a.repeats} interleaved runs each")
+    print(f"  {'variant':<28} {'median s':>9} {'ratio':>7} {'min s':>8} {'ratio':>7}")
     for name, ts in times.items():
-        med = statistics.median(ts)
-        print(f"  {name:<28} {med:7.2f} s   ratio to unsteered {med / base:.3f}")
+        med, low = statistics.median(ts), min(ts)
+        print(f"  {name:<28} {med:9.2f} {med / base:7.3f} {low:8.2f} {low / base_min:7.3f}")
 
 
 if __name__ == "__main__":

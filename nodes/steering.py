@@ -87,6 +87,12 @@ class ConceptSteerEdit:
         concepts = self.sae_set.dictionary.for_sae(entry.info.block, entry.info.t, entry.info.cond)
         return sorted({cid for w in self.words for cid in concepts.lookup(w)}) if concepts else []
 
+    def _mask_at(self, h: int, w: int, device) -> torch.Tensor:
+        key = ("mask", h, w, device)
+        if key not in self._on_device:   # once per block size, not on every U-Net call
+            self._on_device[key] = resize_mask(self.mask, h, w).to(device)
+        return self._on_device[key]
+
     def _sae(self, entry, device):
         key = (id(entry), device)
         if key not in self._on_device:
@@ -122,7 +128,7 @@ class ConceptSteerEdit:
             sae = self._sae(entry, delta.device)
             with torch.no_grad():
                 if self.kind == "spatial":
-                    m = resize_mask(self.mask.to(delta.device), H, W)
+                    m = self._mask_at(H, W, delta.device)
                     region = m[(i % per_chunk) % m.shape[0]].reshape(-1)
                     ch = spatial_steer(sae, rows_delta, ids, region, self.beta)
                 else:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
+import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -44,8 +45,20 @@ class TrainingError(RuntimeError):
     pass
 
 
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
 class Trainer:
     """Adam + unit-norm decoder + AuxK. One batch from the iterator is one step.
+
+    Data-parallel under torch.distributed (torchrun): each rank feeds its own batches,
+    gradients are averaged, the dead-latent counters see every rank's firings, and rank 0
+    writes the checkpoint; all ranks keep identical weights.
 
     Resuming: with `checkpoint` set, an existing checkpoint is loaded and the first
     `step` batches of the iterator are skipped, so the iterator must replay the same
@@ -66,6 +79,7 @@ class Trainer:
         self.step = 0
         self.vectors_seen = 0
         self.initialised = False
+        self.finished = False
         self.history: list[dict] = []
         self.checkpoint = Path(checkpoint) if checkpoint else None
         self.log_path = Path(log_path) if log_path else None
@@ -81,6 +95,9 @@ class Trainer:
             scale = sample.pow(2).sum(1).mean().div(self.sae_cfg.d_in).sqrt()
             self.sae.input_scale.fill_(float(scale) if scale > 0 else 1.0)
         self.sae.b_pre.copy_(geometric_median(sample / self.sae.input_scale.cpu().float()).to(self.device))
+        if _world() > 1:  # every rank starts from rank 0's initialisation
+            dist.broadcast(self.sae.b_pre.data, 0)
+            dist.broadcast(self.sae.input_scale, 0)
         self.initialised = True
 
     def dead_mask(self) -> torch.Tensor:
@@ -102,16 +119,30 @@ class Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        world = _world()
+        if world > 1:
+            for p in self.sae.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= world
         self.sae.remove_parallel_decoder_grad()
         self.optimizer.step()
         self.sae.normalise_decoder()
         with torch.no_grad():
             fired = torch.zeros_like(dead)
             fired[out.code.indices[out.code.values > 0]] = True
-            self.tokens_since_fired += x.shape[0]
+            n = x.shape[0]
+            if world > 1:
+                fired_i = fired.to(torch.int32)
+                dist.all_reduce(fired_i, op=dist.ReduceOp.MAX)
+                fired = fired_i.bool()
+                n_all = torch.tensor([n], device=self.device)
+                dist.all_reduce(n_all)
+                n = int(n_all)
+            self.tokens_since_fired += n
             self.tokens_since_fired[fired] = 0
         self.step += 1
-        self.vectors_seen += x.shape[0]
+        self.vectors_seen += n
         return {
             "fvu": out.fvu.item(),
             "auxk_loss": out.auxk_loss.item(),
@@ -121,6 +152,8 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------
     def fit(self, batches: Iterable[torch.Tensor], on_log: Callable[[dict], None] | None = None) -> TopKSAE:
+        if self.finished:  # resumed after the run had completed: nothing to replay
+            return self.sae
         it = iter(batches)
         for _ in range(self.step):  # replay: skip what the checkpoint already consumed
             if next(it, None) is None:
@@ -130,7 +163,6 @@ class Trainer:
             from tqdm.auto import tqdm
             bar = tqdm(total=self.cfg.max_steps or None, initial=self.step, desc="train SAE", unit="step")
         window: list[dict] = []
-        last_ckpt = self.step
         try:
             for x in it:
                 if self.cfg.max_steps and self.step >= self.cfg.max_steps:
@@ -148,7 +180,6 @@ class Trainer:
                         on_log(entry)
                 if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
                     self.save_checkpoint()
-                    last_ckpt = self.step
         finally:
             if bar is not None:
                 bar.close()
@@ -156,8 +187,8 @@ class Trainer:
             entry = self._log(window)
             if on_log:
                 on_log(entry)
-        if self.step != last_ckpt or not (self.checkpoint and self.checkpoint.exists()):
-            self.save_checkpoint()
+        self.finished = True
+        self.save_checkpoint()
         return self.sae
 
     def _log(self, window: list[dict]) -> dict:
@@ -183,6 +214,8 @@ class Trainer:
     # ---- checkpoints -------------------------------------------------------------
     def save_checkpoint(self, path=None) -> None:
         path = Path(path) if path else self.checkpoint
+        if _rank() != 0:
+            return
         if self.log_path:
             write_text_atomic(self.log_path, "".join(json.dumps(h) + "\n" for h in self.history))
         if path is None:
@@ -195,6 +228,7 @@ class Trainer:
                 tensors[f"adam.{i}.{name}"] = torch.as_tensor(value).cpu()
         meta = {
             "step": self.step, "vectors_seen": self.vectors_seen, "initialised": self.initialised,
+            "finished": self.finished,
             "sae_cfg": self.sae_cfg.to_dict(), "train_cfg": asdict(self.cfg),
             "param_groups": opt["param_groups"], "history": self.history,
         }
@@ -227,3 +261,4 @@ class Trainer:
         self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
         self.step, self.vectors_seen = meta["step"], meta["vectors_seen"]
         self.initialised, self.history = meta["initialised"], meta["history"]
+        self.finished = meta.get("finished", False)

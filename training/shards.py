@@ -1,0 +1,155 @@
+"""Sharded activation storage: fp16 safetensors shards + one manifest per writer (rank).
+
+A shard holds, for each key "<block>|t=<t>|<cond>", the tensors
+  <key>/acts [n, d] fp16, <key>/prompt [n] int64 (prompt id), <key>/pos [n] int32 (position
+  index in the block's h x w grid). A manifest `manifest_rNNN.json` lists the finished shards of
+  one rank; a shard is finished only once listed, and both are written atomically, so a killed
+  run resumes from the last finished shard with nothing lost or duplicated.
+Reading streams shards through a bounded shuffle window: memory does not grow with the data.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..sae_core.atomic import atomic_path, write_text_atomic
+
+
+class ShardError(RuntimeError):
+    pass
+
+
+def activation_key(block: str, t: float, cond: str) -> str:
+    return f"{block}|t={t:g}|{cond}"
+
+
+def parse_key(key: str) -> tuple[str, float, str]:
+    block, t, cond = key.split("|")
+    return block, float(t[2:]), cond
+
+
+class ShardWriter:
+    """Writes the shards of one rank; `done` tells which shard indices are already finished."""
+
+    def __init__(self, out_dir, rank: int = 0, run_config: dict | None = None):
+        self.out = Path(out_dir)
+        self.rank = rank
+        test = self.out / f".write_test_{os.getpid()}"
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            test.write_bytes(b"")
+            test.unlink()
+        except OSError as e:
+            raise ShardError(f"output folder {self.out} is not writable: {e}") from e
+        self.manifest_path = self.out / f"manifest_r{rank:03d}.json"
+        self.manifest = {"rank": rank, "config": run_config or {}, "shards": []}
+        if self.manifest_path.exists():
+            old = json.loads(self.manifest_path.read_text())
+            if run_config is not None and old.get("config") != run_config:
+                diff = {k: (old["config"].get(k), v) for k, v in run_config.items() if old["config"].get(k) != v}
+                raise ShardError(f"{self.out} holds a collection made with other settings {diff} "
+                                 f"(old, new); use another --out or delete it")
+            self.manifest = old
+
+    @property
+    def done(self) -> set[int]:
+        return {s["index"] for s in self.manifest["shards"]}
+
+    def write(self, index: int, tensors: dict[str, torch.Tensor], info: dict) -> None:
+        name = f"shard_r{self.rank:03d}_{index:05d}.safetensors"
+        meta = {"sae_concepts_shard": json.dumps({"rank": self.rank, "index": index, **info})}
+        with atomic_path(self.out / name) as tmp:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+        counts = {k[: -len("/acts")]: int(v.shape[0]) for k, v in tensors.items() if k.endswith("/acts")}
+        entry = {"index": index, "file": name, "bytes": (self.out / name).stat().st_size, "counts": counts, **info}
+        self.manifest["shards"] = [s for s in self.manifest["shards"] if s["index"] != index] + [entry]
+        self.manifest["shards"].sort(key=lambda s: s["index"])
+        write_text_atomic(self.manifest_path, json.dumps(self.manifest, indent=1))
+
+
+@dataclass
+class ShardSet:
+    """All finished shards of a collection folder (every rank)."""
+    root: Path
+    shards: list[dict]
+    config: dict
+
+    @classmethod
+    def open(cls, root) -> "ShardSet":
+        root = Path(root)
+        manifests = sorted(root.glob("manifest_r*.json"))
+        if not manifests:
+            raise ShardError(f"{root}: no manifest_r*.json: not a collection folder (run `sae-concepts collect`)")
+        shards, config = [], {}
+        for m in manifests:
+            try:
+                data = json.loads(m.read_text())
+            except json.JSONDecodeError as e:
+                raise ShardError(f"{m}: manifest is not valid JSON ({e})") from e
+            config = config or data.get("config", {})
+            shards += data["shards"]
+        shards.sort(key=lambda s: (s["file"]))
+        return cls(root, shards, config)
+
+    def keys(self) -> list[str]:
+        return sorted({k for s in self.shards for k in s["counts"]})
+
+    def vectors(self, key: str) -> int:
+        return sum(s["counts"].get(key, 0) for s in self.shards)
+
+    def read(self, shard: dict, key: str) -> dict[str, torch.Tensor]:
+        """acts/prompt/pos of one key in one shard, checked against the manifest."""
+        path = self.root / shard["file"]
+        if not path.exists():
+            raise ShardError(f"shard {path} is listed in the manifest but missing; rerun collect to redo it")
+        if path.stat().st_size != shard["bytes"]:
+            raise ShardError(f"shard {path} is corrupted: {path.stat().st_size} bytes on disk, "
+                             f"{shard['bytes']} when written; delete it and rerun collect to redo it")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                out = {name: f.get_tensor(f"{key}/{name}") for name in ("acts", "prompt", "pos")}
+        except Exception as e:  # noqa: BLE001 - any read failure means a corrupted shard
+            raise ShardError(f"shard {path} cannot be read ({type(e).__name__}: {e}); delete it and "
+                             f"rerun collect to redo it") from e
+        if out["acts"].shape[0] != shard["counts"][key]:
+            raise ShardError(f"shard {path}: {key} has {out['acts'].shape[0]} vectors, manifest says "
+                             f"{shard['counts'][key]}")
+        return out
+
+
+def stream_batches(shards: ShardSet, key: str, batch_size: int, window: int = 1 << 20, seed: int = 0,
+                   rank: int = 0, world: int = 1, epochs: int = 1) -> Iterator[torch.Tensor]:
+    """float32 [batch_size, d] batches of `key`, shuffled within windows of about `window` vectors
+    (shards visited in a seeded random order). Deterministic for a given seed; rank r of world w
+    reads shards r, r + w, ... Peak memory ~ window + one shard, whatever the data size."""
+    with_key = [s for s in shards.shards if s["counts"].get(key)]
+    if not with_key:
+        raise ShardError(f"{shards.root}: no activations for {key}; keys present: {shards.keys()}")
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        order = [with_key[i] for i in torch.randperm(len(with_key), generator=g).tolist()][rank::world]
+        buffer: list[torch.Tensor] = []
+        held = 0
+        leftover = None
+        for i, shard in enumerate(order):
+            acts = shards.read(shard, key)["acts"]
+            buffer.append(acts)
+            held += acts.shape[0]
+            if held < window and i < len(order) - 1:
+                continue
+            pool = torch.cat(([leftover] if leftover is not None else []) + buffer)
+            buffer, held = [], 0
+            pool = pool[torch.randperm(pool.shape[0], generator=g)]
+            full = pool.shape[0] // batch_size * batch_size
+            for start in range(0, full, batch_size):
+                yield pool[start:start + batch_size].float()
+            leftover = pool[full:] if full < pool.shape[0] else None
+        if leftover is not None and leftover.shape[0] > 0:
+            yield leftover.float()
