@@ -18,7 +18,7 @@ def pytest_report_header(config):
     return f"ComfyUI for host tests: {COMFY_ROOT or SKIP_REASON}"
 
 
-def _torchvision_works() -> bool:
+def _probe_torchvision() -> bool:
     if importlib.util.find_spec("torchvision") is None:
         return False
     try:
@@ -26,6 +26,14 @@ def _torchvision_works() -> bool:
         return True
     except Exception:  # a CUDA-only wheel against the CPU torch fails at import
         return False
+
+
+# Probed once, before the placeholder can be on sys.path (after that the probe would find it).
+REAL_TORCHVISION = _probe_torchvision()
+
+
+def _torchvision_works() -> bool:
+    return REAL_TORCHVISION
 
 
 @pytest.fixture(scope="session")

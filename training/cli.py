@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -15,6 +16,46 @@ def cmd_demo(a) -> int:
     ok = all(r["recovered_atoms"] >= 0.9 for r in report["saes"])
     print("all planted dictionaries recovered" if ok else "WARNING: some planted atoms were not recovered")
     return 0 if ok else 1
+
+
+def cmd_collect(a) -> int:
+    from .collect import CollectConfig, collect, distributed_from_env, write_prompt_index
+    from .comfy_host import import_comfy
+    from .dataclass_cli import dataclass_from_args
+    cfg = dataclass_from_args(CollectConfig, a)
+    if not cfg.checkpoint or not cfg.prompts:
+        raise ValueError("collect needs --checkpoint and --prompts")
+    local = os.environ.get("LOCAL_RANK")
+    if local is not None and "CUDA_VISIBLE_DEVICES" not in os.environ:
+        os.environ["CUDA_VISIBLE_DEVICES"] = local   # one GPU per torchrun process, before CUDA starts
+    import_comfy()
+    rank, world = distributed_from_env()
+    out = collect(cfg, rank=rank, world=world, progress=not a.quiet)
+    if world > 1:
+        import torch.distributed as dist
+        dist.barrier()
+    if rank == 0:
+        write_prompt_index(out)
+        print(f"activations in {out}")
+    return 0
+
+
+def cmd_train(a) -> int:
+    from ..sae_core import TrainConfig
+    from .collect import distributed_from_env
+    from .dataclass_cli import dataclass_from_args
+    from .train import TrainCommandConfig, train_saes
+    cmd = dataclass_from_args(TrainCommandConfig, a)
+    if not cmd.shards:
+        raise ValueError("train needs --shards (a folder from `sae-concepts collect`)")
+    rank, _ = distributed_from_env()
+    entries = train_saes(cmd, dataclass_from_args(TrainConfig, a), progress=not a.quiet)
+    if rank == 0:
+        for e in entries:
+            tr = e.info.training
+            print(f"{e.info.label()}: FVU {tr['fvu']:.3f}, L0 {tr['l0']:.1f}, dead {tr['dead_fraction']:.3f}")
+        print(f"SAE set: {cmd.out}")
+    return 0
 
 
 def cmd_info(a) -> int:
@@ -35,6 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=int, default=800, help="training steps per SAE")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_demo)
+    from ..sae_core import TrainConfig
+    from .collect import CollectConfig
+    from .dataclass_cli import add_dataclass_args
+    from .train import TrainCommandConfig
+    c = sub.add_parser("collect", help="record Delta at transformer blocks while sampling an SD1.x checkpoint")
+    add_dataclass_args(c, CollectConfig)
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(func=cmd_collect)
+    t = sub.add_parser("train", help="train one SAE per (block, t, cond) from collected shards")
+    add_dataclass_args(t, TrainCommandConfig)
+    add_dataclass_args(t, TrainConfig)
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_train)
     i = sub.add_parser("info", help="describe an SAE file or folder in any supported format")
     i.add_argument("path")
     i.set_defaults(func=cmd_info)

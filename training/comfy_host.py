@@ -92,3 +92,51 @@ def build_random_sd1(tiny: bool = True, seed: int = 0, dtype=None):
     model.eval()
     return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
                                             offload_device=comfy.model_management.unet_offload_device())
+
+
+def write_random_sd1_checkpoint(path, seed: int = 0) -> Path:
+    """A single-file SD1.5 checkpoint (U-Net + CLIP-L + VAE, fp16) with random weights, built
+    from ComfyUI's own modules on the meta device, so real loaders detect and load it. For
+    tests and the demo: no real weights exist offline. Written atomically; ~2 GiB."""
+    import torch
+    from safetensors.torch import save_file
+    import comfy.sd1_clip
+    import comfy.supported_models
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    from ..sae_core.atomic import atomic_path
+
+    path = Path(path)
+    shapes: dict[str, tuple] = {}
+    with torch.device("meta"):
+        cfg = comfy.supported_models.SD15({'use_checkpoint': False, 'image_size': 32, 'out_channels': 4,
+            'use_spatial_transformer': True, 'legacy': False, 'adm_in_channels': None, 'in_channels': 4,
+            'model_channels': 320, 'num_res_blocks': [2, 2, 2, 2], 'transformer_depth': [1, 1, 1, 1, 1, 1, 0, 0],
+            'channel_mult': [1, 2, 4, 4], 'transformer_depth_middle': 1, 'use_linear_in_transformer': False,
+            'context_dim': 768, 'num_heads': 8, 'transformer_depth_output': [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+            'use_temporal_attention': False, 'use_temporal_resblock': False})
+        cfg.set_inference_dtype(torch.float16, None)
+        unet = cfg.get_model({}, device="meta").diffusion_model
+        shapes.update({f"model.diffusion_model.{k}": v.shape for k, v in unet.state_dict().items()})
+        clip = comfy.sd1_clip.SD1ClipModel(device="meta", dtype=torch.float16)
+        for k, v in clip.state_dict().items():
+            if k.startswith("clip_l.transformer.") and "text_projection" not in k and "logit_scale" not in k:
+                shapes["cond_stage_model." + k[len("clip_l."):]] = v.shape
+        vae = AutoencoderKL(ddconfig={'double_z': True, 'z_channels': 4, 'resolution': 256, 'in_channels': 3,
+                                      'out_ch': 3, 'ch': 128, 'ch_mult': [1, 2, 4, 4], 'num_res_blocks': 2,
+                                      'attn_resolutions': [], 'dropout': 0.0}, embed_dim=4)
+        shapes.update({f"first_stage_model.{k}": v.shape for k, v in vae.state_dict().items()})
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for k, shape in sorted(shapes.items()):
+        if k.endswith("position_ids"):
+            tensors[k] = torch.arange(shape[-1]).reshape(shape)
+        elif len(shape) == 1:
+            is_norm = any(n in k for n in ("norm", "ln_", "layer_norm")) and k.endswith("weight")
+            tensors[k] = torch.ones(shape, dtype=torch.float16) if is_norm else torch.zeros(shape, dtype=torch.float16)
+        else:
+            fan_in = max(1, int(torch.tensor(shape[1:]).prod()))
+            tensors[k] = (torch.randn(shape, generator=g) / fan_in ** 0.5).half()
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"note": "random weights, for tests only (sae_concepts)"})
+    return path

@@ -1,0 +1,175 @@
+"""`sae-concepts collect` on a random-weight single-file SD1.5 checkpoint (host tier)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from sae_concepts.training.shards import ShardSet, activation_key
+
+CACHE = Path(os.environ.get("SAE_CONCEPTS_TEST_CACHE", Path.home() / ".cache" / "sae_concepts"))
+PROMPTS = ["a dog on a beach", "a red car in a city street", "a castle on a hill at sunset"]
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(comfy):
+    from sae_concepts.training.comfy_host import write_random_sd1_checkpoint
+    path = CACHE / "random_sd15_seed0.safetensors"
+    if not path.exists():
+        write_random_sd1_checkpoint(path, seed=0)
+    return path
+
+
+@pytest.fixture(scope="session")
+def loaded(random_checkpoint):
+    from sae_concepts.training.collect import load_sd1_checkpoint
+    return load_sd1_checkpoint(str(random_checkpoint))
+
+
+def small_cfg(tmp_path, **over):
+    from sae_concepts.training.collect import CollectConfig
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n\n")
+    cfg = dict(checkpoint="", prompts=str(tmp_path / "prompts.txt"), out=str(tmp_path / "acts"),
+               blocks="middle_block.1,output_blocks.3.1", timesteps="1.0,0.0", steps=4, width=128, height=128,
+               prompts_per_shard=2, seed=5)
+    cfg.update(over)
+    return CollectConfig(**cfg)
+
+
+def subprocess_env():
+    from conftest import PLACEHOLDER, _torchvision_works
+    env = dict(os.environ)
+    if not _torchvision_works():
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), PLACEHOLDER]))
+    return env
+
+
+def test_collect_records_the_blocks_delta(tmp_path, loaded):
+    from sae_concepts.nodes.block_patch import patch_block
+    from sae_concepts.training.collect import collect, encode, write_prompt_index
+    import comfy.sample
+    model, clip, vae = loaded
+    cfg = small_cfg(tmp_path)
+    out = collect(cfg, model, clip, vae, progress=False)
+    write_prompt_index(out)
+    s = ShardSet.open(out)
+    assert len(s.shards) == 2 and [sh["prompt_ids"] for sh in s.shards] == [[0, 1], [2]]
+    assert s.keys() == sorted(activation_key(b, t, c) for b in ("middle_block.1", "output_blocks.3.1")
+                              for t in (1.0, 0.0) for c in ("cond", "uncond"))
+    mid = s.read(s.shards[0], activation_key("middle_block.1", 1.0, "cond"))
+    assert mid["acts"].shape == (2 * 4, 1280) and mid["acts"].dtype == torch.float16   # 2x2 grid at 128 px
+    assert mid["prompt"].tolist() == [0] * 4 + [1] * 4 and mid["pos"].tolist() == [0, 1, 2, 3] * 2
+    up = s.read(s.shards[1], activation_key("output_blocks.3.1", 0.0, "uncond"))
+    assert up["acts"].shape == (16, 1280)
+    assert s.shards[0]["grids"] == {"middle_block.1": [2, 2], "output_blocks.3.1": [4, 4]}
+    assert s.shards[0]["step_index"] == {"1": 0, "0": 3}
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["000000.png", "000001.png", "000002.png"]
+    rows = [json.loads(line) for line in (out / "prompts.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == PROMPTS and rows[1]["seed"] == 6
+    # Independent check: the first step's Delta of prompt 1, recorded by a plain wrapper.
+    seen = []
+    m = patch_block(model, "middle_block.1", lambda d, c: seen.append((d.clone(), c.row_kinds)) or None)
+    noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(6))
+    comfy.sample.sample(m, noise, 4, 7.5, "ddim", "ddim_uniform", encode(clip, PROMPTS[1]), encode(clip, ""),
+                        torch.zeros_like(noise), last_step=1, disable_pbar=True, seed=6)
+    d, kinds = seen[0]
+    expect = d[kinds.index("cond")].reshape(1280, 4).t().half()
+    torch.testing.assert_close(mid["acts"][4:8], expect, rtol=2e-3, atol=2e-3)
+
+
+def test_collect_subsamples_positions(tmp_path, loaded):
+    from sae_concepts.training.collect import collect
+    out = collect(small_cfg(tmp_path, positions=5, blocks="output_blocks.3.1", timesteps="0.5",
+                            save_images=False), *loaded, progress=False)
+    s = ShardSet.open(out)
+    acts = s.read(s.shards[0], activation_key("output_blocks.3.1", 0.5, "cond"))
+    assert acts["acts"].shape == (10, 1280) and len(set(acts["pos"][:5].tolist())) == 5
+    assert not (Path(out) / "images").exists()
+
+
+def test_collect_resumes_after_kill(tmp_path, random_checkpoint, loaded):
+    from sae_concepts.training.collect import collect
+    cfg = small_cfg(tmp_path, checkpoint=str(random_checkpoint), prompts_per_shard=1, save_images=False)
+    cmd = [sys.executable, "-m", "sae_concepts.training.cli", "collect", "--quiet",
+           "--checkpoint", cfg.checkpoint, "--prompts", cfg.prompts, "--out", cfg.out, "--blocks", cfg.blocks,
+           "--timesteps", cfg.timesteps, "--steps", "4", "--width", "128", "--height", "128",
+           "--prompts-per-shard", "1", "--seed", "5", "--no-save-images"]
+    proc = subprocess.Popen(cmd, env=subprocess_env())
+    manifest = Path(cfg.out) / "manifest_r000.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if manifest.exists() and len(json.loads(manifest.read_text())["shards"]) >= 1:
+            break
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(json.loads(manifest.read_text())["shards"])
+    assert 1 <= done < 3, f"the run was not killed half-way ({done} shards done)"
+    assert subprocess.run(cmd, env=subprocess_env()).returncode == 0
+    resumed = ShardSet.open(cfg.out)
+    assert [s["prompt_ids"] for s in resumed.shards] == [[0], [1], [2]]
+    straight = ShardSet.open(collect(small_cfg(tmp_path / "b", prompts_per_shard=1, save_images=False), *loaded,
+                                     progress=False))
+    for a, b in zip(resumed.shards, straight.shards):
+        for key in resumed.keys():
+            torch.testing.assert_close(resumed.read(a, key)["acts"], straight.read(b, key)["acts"],
+                                       rtol=2e-3, atol=2e-3)
+
+
+def test_collect_two_ranks_with_torchrun(tmp_path, random_checkpoint):
+    cfg = small_cfg(tmp_path, save_images=False)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "sae_concepts.training.cli", "collect", "--quiet", "--checkpoint", str(random_checkpoint),
+           "--prompts", cfg.prompts, "--out", cfg.out, "--blocks", "middle_block.1", "--timesteps", "1.0",
+           "--steps", "2", "--width", "128", "--height", "128", "--no-save-images"]
+    env = subprocess_env()
+    env["OMP_NUM_THREADS"] = "1"
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = ShardSet.open(cfg.out)
+    assert sorted(p.name for p in Path(cfg.out).glob("manifest_r*.json")) == ["manifest_r000.json", "manifest_r001.json"]
+    assert sorted(pid for sh in s.shards for pid in sh["prompt_ids"]) == [0, 1, 2]
+    assert {tuple(sh["prompt_ids"]) for sh in s.shards} == {(0, 2), (1,)}
+    assert (Path(cfg.out) / "prompts.jsonl").exists()
+
+
+def test_collect_bad_inputs(tmp_path, loaded):
+    from sae_concepts.training.collect import CollectError, collect, load_sd1_checkpoint
+    from sae_concepts.training.prompts import PromptFileError
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    with pytest.raises(PromptFileError, match="empty.txt: holds no prompts"):
+        collect(small_cfg(tmp_path, prompts=str(tmp_path / "empty.txt")), *loaded, progress=False)
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "ok"}\n{"prompt": \n')
+    with pytest.raises(PromptFileError, match="bad.jsonl:2: not valid JSON"):
+        collect(small_cfg(tmp_path, prompts=str(tmp_path / "bad.jsonl")), *loaded, progress=False)
+    (tmp_path / "bad.csv").write_text("text_a,b\nx,y\n")
+    with pytest.raises(PromptFileError, match="no prompt column"):
+        collect(small_cfg(tmp_path, prompts=str(tmp_path / "bad.csv")), *loaded, progress=False)
+    with pytest.raises(ValueError, match="unknown SD1.x transformer block 'input_blocks.3.1'"):
+        collect(small_cfg(tmp_path, blocks="input_blocks.3.1"), *loaded, progress=False)
+    with pytest.raises(Exception, match="not writable"):
+        collect(small_cfg(tmp_path, out="/proc/not_here/acts"), *loaded, progress=False)
+    save_file({"foo.weight": torch.zeros(3, 3)}, tmp_path / "notsd.safetensors")
+    with pytest.raises(CollectError, match="notsd.safetensors cannot be loaded as a diffusion model"):
+        load_sd1_checkpoint(str(tmp_path / "notsd.safetensors"))
+    assert not (tmp_path / "acts").exists() or not list((tmp_path / "acts").glob("shard_*"))
+
+
+def test_collect_refuses_non_sd1_model(comfy):
+    from sae_concepts.training.collect import CollectError, check_sd1
+
+    class Fake:
+        class model:
+            class model_config:
+                unet_config = {"context_dim": 2048, "model_channels": 320, "adm_in_channels": 2816}
+    with pytest.raises(CollectError, match="context_dim=2048.*not an SD1.x model"):
+        check_sd1(Fake, "sdxl.safetensors")

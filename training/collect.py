@@ -1,0 +1,241 @@
+"""`sae-concepts collect`: run an SD1.x checkpoint with ComfyUI's own code and record Delta.
+
+Delta = output - input of the chosen transformer blocks, at the steps nearest to the chosen
+timestep buckets, cond and uncond rows kept apart, recorded through the very block wrapper the
+steering nodes use (nodes/block_patch.py). Output: sharded fp16 safetensors + manifests
+(training/shards.py) and, per prompt, the final image for the dictionary stage.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..sae_core import PAPER_BLOCKS, canonical_block
+from ..sae_core.atomic import atomic_path
+from .prompts import read_prompts
+from .shards import ShardWriter, activation_key
+
+
+@dataclass
+class CollectConfig:
+    checkpoint: str = field(default="", metadata={"help": "SD1.x checkpoint file (.safetensors / .ckpt)"})
+    prompts: str = field(default="", metadata={"help": "prompt file: .txt, .jsonl or .csv"})
+    out: str = field(default="activations", metadata={"help": "output folder (resumes if it exists)"})
+    blocks: str = field(default=",".join(PAPER_BLOCKS), metadata={"help": "comma-separated blocks"})
+    timesteps: str = field(default="1.0,0.5,0.0", metadata={"help": "paper's t buckets (1.0 = first step)"})
+    steps: int = field(default=50, metadata={"help": "sampling steps"})
+    cfg: float = field(default=7.5, metadata={"help": "classifier-free guidance scale"})
+    sampler: str = field(default="ddim", metadata={"help": "ComfyUI sampler name"})
+    scheduler: str = field(default="ddim_uniform", metadata={"help": "ComfyUI scheduler name"})
+    width: int = field(default=512, metadata={"help": "image width in pixels"})
+    height: int = field(default=512, metadata={"help": "image height in pixels"})
+    batch_size: int = field(default=1, metadata={"help": "prompts sampled together"})
+    prompts_per_shard: int = field(default=64, metadata={"help": "prompts per shard file"})
+    positions: int = field(default=0, metadata={"help": "positions kept per image and key (0 = all)"})
+    seed: int = field(default=0, metadata={"help": "prompt i uses seed + i"})
+    negative_prompt: str = field(default="", metadata={"help": "negative prompt (uncond)"})
+    save_images: bool = field(default=True, metadata={"help": "decode and save final images"})
+    limit: int = field(default=0, metadata={"help": "use only the first N prompts (0 = all)"})
+
+
+class CollectError(ValueError):
+    pass
+
+
+def load_sd1_checkpoint(path: str):
+    """(ModelPatcher, CLIP, VAE) through ComfyUI's loader; refuses anything but SD1.x."""
+    import comfy.sd
+    p = Path(path)
+    if not p.is_file():
+        raise CollectError(f"checkpoint {p} not found")
+    try:
+        model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(p), output_vae=True, output_clip=True)
+    except Exception as e:  # noqa: BLE001 - ComfyUI raises RuntimeError or loader-specific errors
+        raise CollectError(f"checkpoint {p} cannot be loaded as a diffusion model: {str(e).splitlines()[0]}") from e
+    check_sd1(model, str(p))
+    return model, clip, vae
+
+
+def check_sd1(model, name: str) -> None:
+    cfg = model.model.model_config
+    unet = getattr(cfg, "unet_config", {})
+    if unet.get("context_dim") != 768 or unet.get("model_channels") not in (320,) or unet.get("adm_in_channels"):
+        raise CollectError(f"{name} is detected as {type(cfg).__name__} (context_dim={unet.get('context_dim')}, "
+                           f"model_channels={unet.get('model_channels')}), not an SD1.x model")
+
+
+class TimestepRecorder:
+    """BlockEdit: keeps Delta of the first call at each target sigma, per row kind."""
+
+    def __init__(self, targets: dict[float, float]):
+        self.targets = targets            # t bucket -> sigma
+        self.seen: dict[tuple[float, str], torch.Tensor] = {}
+
+    def reset(self):
+        self.seen = {}
+
+    def __call__(self, delta, call):
+        for t, sigma in self.targets.items():
+            hit = (call.sigmas.float().cpu() - sigma).abs() <= 1e-4 * max(1.0, sigma)
+            for kind in ("cond", "uncond"):
+                rows = [i for i, k in enumerate(call.row_kinds) if k == kind and hit[i]]
+                if rows and (t, kind) not in self.seen:
+                    self.seen[(t, kind)] = delta[rows].detach().to("cpu", torch.float16)
+        return None
+
+
+def bucket_sigmas(model, cfg: CollectConfig, timesteps: list[float]) -> tuple[dict[float, float], dict[float, int]]:
+    """t bucket -> (sigma, step index) of the sampling step whose t is nearest."""
+    import comfy.samplers
+    from ..nodes.block_patch import sigma_to_t
+    ks = comfy.samplers.KSampler(model, steps=cfg.steps, device=model.load_device, sampler=cfg.sampler,
+                                 scheduler=cfg.scheduler, denoise=1.0, model_options=model.model_options)
+    ms = model.get_model_object("model_sampling")
+    sig = [float(s) for s in ks.sigmas[:-1]]
+    ts = [sigma_to_t(ms, s) for s in sig]
+    idx = {t: min(range(len(sig)), key=lambda i: abs(ts[i] - t)) for t in timesteps}
+    return {t: sig[i] for t, i in idx.items()}, idx
+
+
+def encode(clip, text: str):
+    return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+
+
+def batch_conditioning(conds: list) -> list:
+    """Stack single-prompt conditionings [[tensor [1, 77, 768], {pooled_output}]] into one batch."""
+    tensors = torch.cat([c[0][0] for c in conds])
+    extra = dict(conds[0][0][1])
+    if extra.get("pooled_output") is not None:
+        extra["pooled_output"] = torch.cat([c[0][1]["pooled_output"] for c in conds])
+    return [[tensors, extra]]
+
+
+def run_config(cfg: CollectConfig, n_prompts: int) -> dict:
+    d = asdict(cfg)
+    for k in ("out", "limit", "save_images", "batch_size"):
+        d.pop(k)
+    d["checkpoint"] = Path(cfg.checkpoint).name if cfg.checkpoint else "<in-process model>"
+    d["prompts"] = hashlib.sha256(Path(cfg.prompts).read_bytes()).hexdigest()[:16] if cfg.prompts else ""
+    d["n_prompts"] = n_prompts
+    d["model_family"] = "sd1"
+    return d
+
+
+def collect(cfg: CollectConfig, model=None, clip=None, vae=None, prompts: list[str] | None = None,
+            rank: int = 0, world: int = 1, progress: bool = True) -> Path:
+    import comfy.sample
+    from ..nodes.block_patch import block_channels, patch_block
+
+    prompts = prompts if prompts is not None else read_prompts(cfg.prompts)
+    if cfg.limit:
+        prompts = prompts[: cfg.limit]
+    if model is None:
+        model, clip, vae = load_sd1_checkpoint(cfg.checkpoint)
+    if cfg.width % 8 or cfg.height % 8:
+        raise CollectError(f"width and height must be multiples of 8, got {cfg.width}x{cfg.height}")
+    blocks = [canonical_block(b) for b in cfg.blocks.split(",") if b.strip()]
+    channels = {b: block_channels(model, b) for b in blocks}
+    timesteps = [float(t) for t in cfg.timesteps.split(",") if t.strip()]
+    if not timesteps or any(not 0.0 <= t <= 1.0 for t in timesteps):
+        raise CollectError(f"timesteps must be in [0, 1] (1.0 = first step), got {cfg.timesteps!r}")
+    out = Path(cfg.out)
+    writer = ShardWriter(out, rank, run_config=run_config(cfg, len(prompts)))
+    targets, step_index = bucket_sigmas(model, cfg, timesteps)
+    recorders = {b: TimestepRecorder(targets) for b in blocks}
+    patched = model
+    for b in blocks:
+        patched = patch_block(patched, b, recorders[b])
+    negative = encode(clip, cfg.negative_prompt)
+    mine = list(range(rank, len(prompts), world))
+    chunks = [mine[i:i + cfg.prompts_per_shard] for i in range(0, len(mine), cfg.prompts_per_shard)]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(mine), desc=f"collect (rank {rank})", unit="prompt",
+                   initial=sum(len(c) for i, c in enumerate(chunks) if i in writer.done))
+    lh, lw = cfg.height // 8, cfg.width // 8
+    for shard_index, chunk in enumerate(chunks):
+        if shard_index in writer.done:
+            continue
+        parts: dict[str, list] = defaultdict(list)
+        grids = {}
+        for start in range(0, len(chunk), cfg.batch_size):
+            ids = chunk[start:start + cfg.batch_size]
+            noise = torch.cat([torch.randn(1, 4, lh, lw, generator=torch.Generator().manual_seed(cfg.seed + i))
+                               for i in ids])
+            positive = batch_conditioning([encode(clip, prompts[i]) for i in ids])
+            neg = batch_conditioning([negative] * len(ids))
+            for r in recorders.values():
+                r.reset()
+            latent = comfy.sample.sample(patched, noise, cfg.steps, cfg.cfg, cfg.sampler, cfg.scheduler, positive,
+                                         neg, torch.zeros_like(noise), disable_pbar=True, seed=cfg.seed + ids[0])
+            for b, rec in recorders.items():
+                for (t, kind), delta in rec.seen.items():
+                    _, C, H, W = delta.shape
+                    grids[b] = [H, W]
+                    key = activation_key(b, t, kind)
+                    for j, pid in enumerate(ids):
+                        rows = delta[j].reshape(C, H * W).t()
+                        pos = torch.arange(H * W, dtype=torch.int32)
+                        if cfg.positions and cfg.positions < H * W:
+                            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + pid)
+                            pos = torch.randperm(H * W, generator=g)[: cfg.positions].sort().values.int()
+                            rows = rows[pos.long()]
+                        parts[f"{key}/acts"].append(rows)
+                        parts[f"{key}/prompt"].append(torch.full((rows.shape[0],), pid, dtype=torch.int64))
+                        parts[f"{key}/pos"].append(pos)
+            if cfg.save_images and vae is not None:
+                images = vae.decode(latent).clamp(0, 1)
+                for j, pid in enumerate(ids):
+                    save_png(out / "images" / f"{pid:06d}.png", images[j])
+            if bar is not None:
+                bar.update(len(ids))
+        missing = [f"{b}@t={t:g}" for b in blocks for t in timesteps if not any(
+            k.startswith(f"{b}|t={t:g}|") for k in (p[: -len("/acts")] for p in parts if p.endswith("/acts")))]
+        if missing:
+            raise CollectError(f"no activations were recorded for {missing}: the sampler never evaluated "
+                               f"those steps (sampler {cfg.sampler}, scheduler {cfg.scheduler})")
+        tensors = {k: torch.cat(v) for k, v in parts.items()}
+        writer.write(shard_index, tensors, {
+            "prompt_ids": chunk, "prompts": [prompts[i] for i in chunk], "seeds": [cfg.seed + i for i in chunk],
+            "grids": grids, "channels": channels, "step_index": {f"{t:g}": i for t, i in step_index.items()}})
+    if bar is not None:
+        bar.close()
+    return out
+
+
+def save_png(path: Path, image: torch.Tensor) -> None:
+    """image [H, W, 3] in [0, 1] -> PNG, atomically."""
+    from PIL import Image
+    arr = (image.detach().float().cpu().numpy() * 255).round().astype("uint8")
+    with atomic_path(path) as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG")
+
+
+def distributed_from_env() -> tuple[int, int]:
+    """(rank, world) under torchrun; initialises the process group (gloo on CPU, nccl on GPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def write_prompt_index(out: Path) -> None:
+    """prompts.jsonl beside the shards: id, prompt, seed, image (for the dictionary stage)."""
+    from .shards import ShardSet
+    rows = []
+    for s in ShardSet.open(out).shards:
+        for pid, p, seed in zip(s["prompt_ids"], s["prompts"], s["seeds"]):
+            rows.append({"id": pid, "prompt": p, "seed": seed, "image": f"images/{pid:06d}.png"})
+    rows.sort(key=lambda r: r["id"])
+    from ..sae_core.atomic import write_text_atomic
+    write_text_atomic(out / "prompts.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
