@@ -8,13 +8,17 @@ from pathlib import Path
 
 
 def cmd_demo(a) -> int:
-    from .demo import format_table, run_demo
-    report = run_demo(Path(a.out), steps=a.steps, progress=not a.quiet)
-    print("SYNTHETIC DEMO: planted concepts, not a diffusion model (see README)")
-    print(format_table(report))
-    print(f"SAE set: {Path(a.out) / 'demo_sae_set.safetensors'}")
-    ok = all(r["recovered_atoms"] >= 0.9 for r in report["saes"])
-    print("all planted dictionaries recovered" if ok else "WARNING: some planted atoms were not recovered")
+    from .demo import format_truth, run_demo
+    from .evaluate import format_table
+    summary = run_demo(Path(a.out), epochs=a.epochs, comfyui=a.comfyui, progress=not a.quiet)
+    print("SYNTHETIC DEMO: planted concepts laid out in space, not a diffusion model (see README)")
+    print(format_table(summary["metrics"]))
+    print(format_truth(summary["truth"]))
+    if summary["comfyui_smoke"]:
+        print(f"ComfyUI collection smoke run: {summary['comfyui_smoke']['vectors']}")
+    print(f"report: {Path(a.out) / 'report' / 'index.html'}")
+    ok = all(r["recovered"] >= 0.9 and r["labels_right"] >= 0.9 for r in summary["truth"])
+    print("all planted concepts recovered and labelled" if ok else "WARNING: some planted concepts were missed")
     return 0 if ok else 1
 
 
@@ -58,6 +62,33 @@ def cmd_train(a) -> int:
     return 0
 
 
+def cmd_dictionary(a) -> int:
+    from .dataclass_cli import dataclass_from_args
+    from .dictionary import DictionaryConfig, build_dictionary
+    cfg = dataclass_from_args(DictionaryConfig, a)
+    d = build_dictionary(cfg, progress=not a.quiet)
+    for e in d.entries:
+        print(f"{e.block} t={e.t} {e.cond}: {len(e.concepts)} labelled concepts")
+    print(f"dictionary: {cfg.out}")
+    return 0
+
+
+def cmd_evaluate(a) -> int:
+    from .dataclass_cli import dataclass_from_args
+    from .evaluate import EvaluateConfig, evaluate, format_table
+    cfg = dataclass_from_args(EvaluateConfig, a)
+    print(format_table(evaluate(cfg)))
+    print(f"metrics: {cfg.out}")
+    return 0
+
+
+def cmd_report(a) -> int:
+    from .report import build_report
+    page = build_report(Path(a.out), a.sae, a.dictionary, a.metrics, a.shards, images_dir=a.images or None)
+    print(f"report: {page}")
+    return 0
+
+
 def cmd_info(a) -> int:
     from ..sae_core import load_sae
     sae_set = load_sae(a.path)
@@ -73,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="train SAEs on built-in synthetic activations with planted concepts")
     d.add_argument("--out", default="sae_concepts_demo", help="output folder (resumes if it exists)")
-    d.add_argument("--steps", type=int, default=800, help="training steps per SAE")
+    d.add_argument("--epochs", type=int, default=8, help="training passes over the synthetic train split")
+    d.add_argument("--comfyui", choices=["auto", "on", "off"], default="auto",
+                   help="also collect for real through ComfyUI on a random-weight SD1.5 (auto: if found)")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_demo)
     from ..sae_core import TrainConfig
@@ -89,6 +122,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_args(t, TrainConfig)
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
+    from .dictionary import DictionaryConfig
+    from .evaluate import EvaluateConfig
+    dc = sub.add_parser("dictionary", help="label concepts with the objects their activation maps cover")
+    add_dataclass_args(dc, DictionaryConfig)
+    dc.add_argument("--quiet", action="store_true", help="no progress bars")
+    dc.set_defaults(func=cmd_dictionary)
+    ev = sub.add_parser("evaluate", help="FVU, L0, dead fraction, dictionary quality, composition IoU")
+    add_dataclass_args(ev, EvaluateConfig)
+    ev.set_defaults(func=cmd_evaluate)
+    rp = sub.add_parser("report", help="static HTML report with plots and concept cards")
+    rp.add_argument("--sae", required=True, help="SAE set file")
+    rp.add_argument("--dictionary", required=True, help="concept dictionary file")
+    rp.add_argument("--metrics", required=True, help="metrics.json from evaluate")
+    rp.add_argument("--shards", required=True, help="evaluation collection folder (for patches and maps)")
+    rp.add_argument("--images", default="", help="folder of <id>.png images (default: <shards>/images)")
+    rp.add_argument("--out", default="report", help="report folder")
+    rp.set_defaults(func=cmd_report)
     i = sub.add_parser("info", help="describe an SAE file or folder in any supported format")
     i.add_argument("path")
     i.set_defaults(func=cmd_info)

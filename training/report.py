@@ -1,0 +1,181 @@
+"""`sae-concepts report`: a static HTML report: metrics in the paper's shape, plots, and one
+card per labelled concept (labels, top-activating image patches, activation map), searchable
+by word."""
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..sae_core import load_sae
+from ..sae_core.concept_dictionary import ConceptDictionary
+from ..sae_core.atomic import write_text_atomic
+from .dictionary import image_codes
+from .shards import ShardSet, activation_key
+
+METRICS = [("fvu", "FVU (lower is better)"), ("l0", "L0"), ("dead_fraction", "dead fraction"),
+           ("cohesion", "concept cohesion (higher is better)"),
+           ("inter_concept_similarity", "inter-concept similarity (lower is better)"),
+           ("composition_iou", "composition IoU from concept maps")]
+
+
+def plot_metrics(rows: list[dict], out: Path) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    files = []
+    for key, title in METRICS:
+        if not any(isinstance(r.get(key), float) and not math.isnan(r[key]) for r in rows):
+            continue
+        fig, ax = plt.subplots(figsize=(4.2, 3.0), dpi=110)
+        for (block, cond) in sorted({(r["block"], r["cond"]) for r in rows}):
+            pts = sorted((r["t"], r[key]) for r in rows if r["block"] == block and r["cond"] == cond
+                         and r.get(key) is not None and r["t"] is not None)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{block} {cond}",
+                        linestyle="-" if cond == "cond" else "--")
+        ax.set_xlabel("t (1.0 = first step, pure noise)")
+        ax.set_title(title, fontsize=9)
+        ax.invert_xaxis()
+        ax.legend(fontsize=5)
+        fig.tight_layout()
+        name = f"plot_{key}.png"
+        fig.savefig(out / name)
+        plt.close(fig)
+        files.append(name)
+    return files
+
+
+def _img(path: Path):
+    from PIL import Image
+    if not path.exists():
+        return None
+    return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).float() / 255
+
+
+def _save(arr: torch.Tensor, path: Path) -> None:
+    from PIL import Image
+    Image.fromarray((arr.clamp(0, 1).numpy() * 255).astype(np.uint8)).save(path)
+
+
+def concept_cards(sae_entry, concepts, shards: ShardSet, key: str, images_dir: Path, out: Path, tag: str,
+                  max_cards: int = 40, patches: int = 3) -> list[dict]:
+    labelled = sorted(concepts.concepts, key=lambda c: -len(concepts.concepts[c]["labels"]))[:max_cards]
+    if not labelled:
+        return []
+    ids = torch.tensor(labelled)
+    best: dict[int, list] = {c: [] for c in labelled}
+    for pid, rows, hw in image_codes(shards, key):
+        with torch.no_grad():
+            code = sae_entry.sae.encode(rows)
+        dense = torch.zeros(rows.shape[0], sae_entry.sae.n_latents).scatter_(1, code.indices, code.values)
+        maps = dense[:, ids].t().reshape(len(labelled), *hw)
+        for c, m in zip(labelled, maps):
+            if float(m.max()) > 0:
+                best[c].append((float(m.max()), pid, m))
+    cards = []
+    for c in labelled:
+        top = sorted(best[c], key=lambda x: -x[0])[:patches]
+        files = []
+        for j, (_, pid, m) in enumerate(top):
+            img = _img(images_dir / f"{pid:06d}.png")
+            if img is None:
+                continue
+            H, W = img.shape[:2]
+            h, w = m.shape
+            y, x = divmod(int(m.argmax()), w)
+            cy, cx = int((y + 0.5) * H / h), int((x + 0.5) * W / w)
+            r = max(H // h, W // w) * 2
+            crop = img[max(0, cy - r):cy + r, max(0, cx - r):cx + r]
+            name = f"{tag}_c{c}_p{j}.png"
+            _save(F.interpolate(crop.permute(2, 0, 1)[None], size=(64, 64), mode="nearest")[0].permute(1, 2, 0),
+                  out / name)
+            files.append(name)
+            if j == 0:
+                heat = F.interpolate((m / m.max())[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0]
+                overlay = img * 0.45 + torch.stack([heat, heat * 0.2, heat * 0.1], -1) * 0.55
+                mname = f"{tag}_c{c}_map.png"
+                _save(F.interpolate(overlay.permute(2, 0, 1)[None], size=(128, 128), mode="bilinear",
+                                    align_corners=False)[0].permute(1, 2, 0), out / mname)
+                files.insert(0, mname)
+        cards.append({"cid": c, "labels": concepts.labels(c), "counts": concepts.concepts[c]["counts"], "files": files})
+    return cards
+
+
+def build_report(out: Path, sae_path, dict_path, metrics_path, eval_shards, masks_dir=None, images_dir=None,
+                 synthetic_note: str = "", truth: list | None = None, smoke: dict | None = None) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = json.loads(Path(metrics_path).read_text())["rows"]
+    plots = plot_metrics(rows, out)
+    sae_set = load_sae(sae_path)
+    dictionary = ConceptDictionary.load(dict_path)
+    shards = ShardSet.open(eval_shards)
+    images_dir = Path(images_dir) if images_dir else Path(eval_shards) / "images"
+    sections = []
+    for i, e in enumerate(sae_set):
+        concepts = dictionary.for_sae(e.info.block, e.info.t, e.info.cond)
+        key = activation_key(e.info.block, e.info.t if e.info.t is not None else 1.0, e.info.cond)
+        if concepts is None or key not in shards.keys():
+            continue
+        for card in concept_cards(e, concepts, shards, key, images_dir, out, f"s{i}"):
+            sections.append((e.info.label(), card))
+    write_text_atomic(out / "index.html", render_html(rows, plots, sections, synthetic_note, truth, smoke))
+    return out / "index.html"
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return "–" if math.isnan(v) else f"{v:.3f}"
+    return html.escape(str(v))
+
+
+def render_html(rows, plots, sections, note, truth, smoke) -> str:
+    cols = ["block", "t", "cond", "vectors"] + [k for k, _ in METRICS]
+    table = "<tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>" + "".join(
+        "<tr>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in cols) + "</tr>" for r in rows)
+    truth_html = ""
+    if truth:
+        truth_html = "<h2>Truth checks (synthetic data)</h2><table><tr><th>block</th><th>t</th><th>cond</th>" \
+                     "<th>planted concepts recovered</th><th>dictionary labels right</th></tr>" + "".join(
+            f"<tr><td>{r['block']}</td><td>{r['t']}</td><td>{r['cond']}</td><td>{r['recovered']:.0%}</td>"
+            f"<td>{r['labels_right']:.0%}</td></tr>" for r in truth) + "</table>"
+    smoke_html = ""
+    if smoke:
+        smoke_html = (f"<h2>ComfyUI collection (smoke run)</h2><p>Collected for real through ComfyUI from a "
+                      f"{html.escape(smoke['checkpoint'])}: {html.escape(json.dumps(smoke['vectors']))} vectors in "
+                      f"{html.escape(smoke['folder'])}. Random weights hold no concepts; this only shows the real "
+                      f"collection path working.</p>")
+    keys = sorted({k for k, _ in sections})
+    def card_html(k, c):
+        search = html.escape(" ".join(c["labels"]).lower())
+        shown = html.escape(", ".join(f"{lab} ({c['counts'].get(lab, 0)})" for lab in c["labels"][:6]))
+        imgs = "".join(f"<img src='{f}' loading='lazy'>" for f in c["files"])
+        return (f"<div class='card' data-key='{html.escape(k)}' data-labels='{search}'><b>concept {c['cid']}</b> "
+                f"<span class='key'>{html.escape(k)}</span><br><span class='labels'>{shown}</span><br>{imgs}</div>")
+    cards = "".join(card_html(k, c) for k, c in sections)
+    options = "".join(f"<option>{html.escape(k)}</option>" for k in keys)
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>SAE Concepts report</title>
+<style>body{{font-family:sans-serif;margin:20px;max-width:1300px}} table{{border-collapse:collapse;font-size:12px}}
+td,th{{border:1px solid #ccc;padding:3px 6px}} .note{{background:#fff3cd;padding:8px;border:1px solid #e0c060}}
+.card{{display:inline-block;border:1px solid #bbb;margin:4px;padding:6px;width:300px;vertical-align:top;font-size:12px}}
+.card img{{margin:2px;border:1px solid #ddd}} .key{{color:#777}} .labels{{color:#164}}</style></head><body>
+<h1>SAE Concepts report</h1>{f'<p class="note">{html.escape(note)}</p>' if note else ''}
+<h2>Metrics per (block, t, cond)</h2><table>{table}</table>
+<h2>Plots</h2>{''.join(f'<img src="{p}">' for p in plots)}
+{truth_html}{smoke_html}
+<h2>Concepts</h2><p>Search by word: <input id="q" placeholder="e.g. dog"> SAE: <select id="k"><option value="">all</option>{options}</select>
+<span id="n"></span></p><div id="cards">{cards}</div>
+<script>
+function f(){{var q=document.getElementById('q').value.toLowerCase().trim(),k=document.getElementById('k').value,n=0;
+document.querySelectorAll('.card').forEach(function(c){{var ok=(!q||c.dataset.labels.indexOf(q)>=0)&&(!k||c.dataset.key==k);
+c.style.display=ok?'inline-block':'none';if(ok)n++;}});document.getElementById('n').textContent=n+' concepts';}}
+document.getElementById('q').oninput=f;document.getElementById('k').onchange=f;f();
+</script></body></html>"""
