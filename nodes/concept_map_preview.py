@@ -59,6 +59,7 @@ class ConceptMapPreview(io.ComfyNode):
             node_id="ConceptMapPreview",
             display_name="Concept Map Preview",
             category="sae_concepts",
+            is_output_node=True,   # shows its map even when nothing downstream consumes it
             description="Samples like KSampler up to the chosen point of the reverse process and shows which "
                         "SAE concept is strongest at each position of the block. At the first step the "
                         "image is still noise, yet the mid block already shows the composition.",

@@ -51,6 +51,15 @@ class LoadSAE(io.ComfyNode):
         return io.NodeOutput(sae_set)
 
     @classmethod
+    def validate_inputs(cls, sae_name):
+        """Runs when a prompt is queued, so a workflow whose SAE file is missing is refused up front
+        with the folders searched (a missing dictionary is caught by the combo check)."""
+        if folder_paths.get_full_path("sae", sae_name) is None:
+            return (f"LoadSAE: SAE file {sae_name!r} not found in models/sae "
+                    f"({', '.join(folder_paths.get_folder_paths('sae'))})")
+        return True
+
+    @classmethod
     def fingerprint_inputs(cls, sae_name, dictionary, block_for_foreign):
         import os
         files = [folder_paths.get_full_path("sae", sae_name)]

@@ -15,17 +15,13 @@ from safetensors.torch import save_file
 
 from sae_concepts.training.shards import ShardSet, activation_key
 
-CACHE = Path(os.environ.get("SAE_CONCEPTS_TEST_CACHE", Path.home() / ".cache" / "sae_concepts"))
 PROMPTS = ["a dog on a beach", "a red car in a city street", "a castle on a hill at sunset"]
 
 
 @pytest.fixture(scope="session")
 def random_checkpoint(comfy):
-    from sae_concepts.training.comfy_host import write_random_sd1_checkpoint
-    path = CACHE / "random_sd15_seed0.safetensors"
-    if not path.exists():
-        write_random_sd1_checkpoint(path, seed=0)
-    return path
+    from sae_concepts.training.comfy_host import cached_random_sd1_checkpoint
+    return cached_random_sd1_checkpoint()
 
 
 @pytest.fixture(scope="session")

@@ -108,6 +108,12 @@ def write_random_sd1_checkpoint(path, seed: int = 0) -> Path:
 
     path = Path(path)
     shapes: dict[str, tuple] = {}
+    norms: set[str] = set()   # weights of normalisation layers start at 1, not random or 0
+
+    def collect_norms(module, prefix):
+        for name, m in module.named_modules():
+            if isinstance(m, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
+                norms.add(f"{prefix}{name}.weight")
     with torch.device("meta"):
         cfg = comfy.supported_models.SD15({'use_checkpoint': False, 'image_size': 32, 'out_channels': 4,
             'use_spatial_transformer': True, 'legacy': False, 'adm_in_channels': None, 'in_channels': 4,
@@ -118,25 +124,40 @@ def write_random_sd1_checkpoint(path, seed: int = 0) -> Path:
         cfg.set_inference_dtype(torch.float16, None)
         unet = cfg.get_model({}, device="meta").diffusion_model
         shapes.update({f"model.diffusion_model.{k}": v.shape for k, v in unet.state_dict().items()})
+        collect_norms(unet, "model.diffusion_model.")
         clip = comfy.sd1_clip.SD1ClipModel(device="meta", dtype=torch.float16)
         for k, v in clip.state_dict().items():
             if k.startswith("clip_l.transformer.") and "text_projection" not in k and "logit_scale" not in k:
                 shapes["cond_stage_model." + k[len("clip_l."):]] = v.shape
+        collect_norms(clip.clip_l, "cond_stage_model.")
         vae = AutoencoderKL(ddconfig={'double_z': True, 'z_channels': 4, 'resolution': 256, 'in_channels': 3,
                                       'out_ch': 3, 'ch': 128, 'ch_mult': [1, 2, 4, 4], 'num_res_blocks': 2,
                                       'attn_resolutions': [], 'dropout': 0.0}, embed_dim=4)
         shapes.update({f"first_stage_model.{k}": v.shape for k, v in vae.state_dict().items()})
+        collect_norms(vae, "first_stage_model.")
     g = torch.Generator().manual_seed(seed)
     tensors = {}
     for k, shape in sorted(shapes.items()):
         if k.endswith("position_ids"):
             tensors[k] = torch.arange(shape[-1]).reshape(shape)
+        elif k in norms:
+            tensors[k] = torch.ones(shape, dtype=torch.float16)
         elif len(shape) == 1:
-            is_norm = any(n in k for n in ("norm", "ln_", "layer_norm")) and k.endswith("weight")
-            tensors[k] = torch.ones(shape, dtype=torch.float16) if is_norm else torch.zeros(shape, dtype=torch.float16)
+            tensors[k] = (0.02 * torch.randn(shape, generator=g)).half()
         else:
             fan_in = max(1, int(torch.tensor(shape[1:]).prod()))
             tensors[k] = (torch.randn(shape, generator=g) / fan_in ** 0.5).half()
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"note": "random weights, for tests only (sae_concepts)"})
+    return path
+
+
+def cached_random_sd1_checkpoint(cache_dir=None) -> Path:
+    """The random SD1.5 checkpoint in a cache outside any repo ($SAE_CONCEPTS_CACHE or
+    ~/.cache/sae_concepts), written on first use. The name carries a version: bump it when
+    the writer changes so stale files are not reused."""
+    cache = Path(cache_dir or os.environ.get("SAE_CONCEPTS_CACHE") or Path.home() / ".cache" / "sae_concepts")
+    path = cache / "random_sd15_v2_seed0.safetensors"
+    if not path.exists():
+        write_random_sd1_checkpoint(path, seed=0)
     return path

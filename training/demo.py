@@ -116,11 +116,9 @@ def comfyui_smoke_run(out: Path, mode: str, progress: bool) -> dict | None:
     if mode == "off" or (mode == "auto" and find_comfyui() is None):
         return None
     from .collect import CollectConfig, collect, write_prompt_index
-    from .comfy_host import import_comfy, write_random_sd1_checkpoint
+    from .comfy_host import cached_random_sd1_checkpoint, import_comfy
     import_comfy()
-    ckpt = Path.home() / ".cache" / "sae_concepts" / "random_sd15_seed0.safetensors"
-    if not ckpt.exists():
-        write_random_sd1_checkpoint(ckpt)
+    ckpt = cached_random_sd1_checkpoint()
     prompts = out / "smoke_prompts.txt"
     prompts.write_text("a dog on a beach\na red car in a city\na castle on a hill\n")
     cfg = CollectConfig(checkpoint=str(ckpt), prompts=str(prompts), out=str(out / "comfyui_collect"), steps=4,

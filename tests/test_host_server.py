@@ -1,0 +1,210 @@
+"""A real ComfyUI server, headless on loopback, running every shipped workflow end to end."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from sae_concepts.sae_core import PAPER_BLOCKS, SAEEntry, SAEInfo, SAESet, SaeConfig, TopKSAE, save_sae_set
+from sae_concepts.sae_core.concept_dictionary import ConceptDictionary, SAEConcepts
+
+sys.path.insert(0, str(Path(__file__).parent / "host_support"))
+from workflow_convert import ui_to_api  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
+OUR_NODES = ("LoadSAE", "SpatialConceptSteer", "GlobalStyleSteer", "ConceptMapPreview")
+
+
+def get(url, timeout=10):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def post(url, data):
+    req = urllib.request.Request(url, data=json.dumps(data).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_models(base: Path, checkpoint: Path) -> None:
+    (base / "models" / "checkpoints").mkdir(parents=True)
+    (base / "models" / "checkpoints" / CHECKPOINT).symlink_to(checkpoint)
+    sae_dir = base / "models" / "sae"
+    sae_dir.mkdir(parents=True)
+    entries = []
+    for i, block in enumerate(PAPER_BLOCKS):
+        sae = TopKSAE(SaeConfig(d_in=1280, n_latents=5120, k=10))
+        sae.reset_parameters(torch.Generator().manual_seed(i))
+        entries.append(SAEEntry(sae, SAEInfo(block=block, t=None, cond="both")))
+    save_sae_set(sae_dir / "sd15_paper_sae_set.safetensors", entries)
+    labels = {"dog": [17, 40], "horse": [99], "cat": [5, 6]}
+    ConceptDictionary([SAEConcepts(b, None, "both", {cid: {"labels": [w], "counts": {w: 1}}
+                                                      for w, ids in labels.items() for cid in ids})
+                       for b in PAPER_BLOCKS]).save(sae_dir / "sd15_paper_concept_dictionary.json")
+
+
+@pytest.fixture(scope="module")
+def server(comfy, tmp_path_factory):
+    from conftest import PLACEHOLDER, _torchvision_works
+    from sae_concepts.training.comfy_host import cached_random_sd1_checkpoint
+    ckpt = cached_random_sd1_checkpoint()
+    base = tmp_path_factory.mktemp("comfy_base")
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / "sae_concepts").symlink_to(REPO)
+    write_models(base, ckpt)
+    frontend = base / "frontend"
+    frontend.mkdir()
+    (frontend / "index.html").write_text("<html>headless test</html>")
+    port = free_port()
+    env = dict(os.environ)
+    if not _torchvision_works():
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), PLACEHOLDER]))
+    log = base / "server.log"
+    with open(log, "w") as logf:
+        proc = subprocess.Popen([sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+                                 "--front-end-root", str(frontend), "--database-url", "sqlite:///:memory:",
+                                 "--disable-api-nodes", "--use-pytorch-cross-attention", "--disable-auto-launch",
+                                 "--base-directory", str(base)],
+                                cwd=str(comfy), env=env, stdout=logf, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                get(url + "/object_info/LoadSAE", timeout=5)
+                break
+            except Exception:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError("ComfyUI server did not start:\n" + log.read_text()[-4000:])
+                time.sleep(0.5)
+        yield {"url": url, "base": base, "log": log, "object_info": get(url + "/object_info", timeout=60)}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def small(api: dict) -> dict:
+    """Shrink sizes and steps so a random full-size SD1.5 runs in seconds on a CPU.
+
+    The global steer's beta is spread over all positions (beta * ||z_ij|| / sum ||z||): at
+    128 px the mid block has 4 positions and the paper's beta 10 moves this random model's
+    image by less than one 8-bit level, so the test raises it to make "steered differs from
+    unsteered" observable in the saved PNGs."""
+    for node in api.values():
+        ins = node["inputs"]
+        if node["class_type"] == "EmptyLatentImage":
+            ins.update(width=128, height=128)
+        if node["class_type"] in ("KSampler", "ConceptMapPreview"):
+            ins["steps"] = 6
+        if node["class_type"] == "GlobalStyleSteer":
+            ins["beta"] = ins["beta"] * 100
+    return api
+
+
+def run(server, api: dict, timeout=600) -> dict:
+    status, body = post(server["url"] + "/prompt", {"prompt": api, "client_id": "sae-concepts-test"})
+    assert status == 200, body
+    pid = body["prompt_id"]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        hist = get(f"{server['url']}/history/{pid}")
+        if pid in hist and hist[pid].get("status", {}).get("completed") is not None:
+            return hist[pid]
+        time.sleep(0.5)
+    raise TimeoutError(f"prompt {pid} did not finish")
+
+
+def saved_image(server, hist, node_id):
+    from PIL import Image
+    import numpy as np
+    img = hist["outputs"][node_id]["images"][0]
+    path = server["base"] / img["type"] / img["subfolder"] / img["filename"]
+    return np.asarray(Image.open(path)).astype("int16")
+
+
+def test_workflows_are_ui_format_and_use_only_core_and_our_nodes(server):
+    assert len(WORKFLOWS) == 4
+    for wf in WORKFLOWS:
+        ui = json.loads(wf.read_text())
+        assert {"nodes", "links", "last_node_id", "version"} <= set(ui)
+        types = {n["type"] for n in ui["nodes"]}
+        assert "Note" in types, f"{wf.name} has no note explaining its settings"
+        for t in types - {"Note"}:
+            assert t in server["object_info"], t
+            assert t in OUR_NODES or server["object_info"][t]["python_module"] in ("nodes", "comfy_extras") \
+                or server["object_info"][t]["python_module"].startswith("comfy_extras"), (wf.name, t)
+
+
+@pytest.mark.parametrize("workflow", [w.name for w in WORKFLOWS])
+def test_workflow_runs_and_steering_changes_the_image(server, workflow):
+    ui = json.loads((REPO / "workflows" / workflow).read_text())
+    api = small(ui_to_api(ui, server["object_info"]))
+    hist = run(server, api)
+    assert hist["status"]["status_str"] == "success", hist["status"]
+    saves = {nid: n for nid, n in api.items() if n["class_type"] == "SaveImage"}
+    images = {n["inputs"]["filename_prefix"]: saved_image(server, hist, nid) for nid, n in saves.items()}
+    steered = [v for k, v in images.items() if k.endswith("_steered")]
+    unsteered = [v for k, v in images.items() if k.endswith("_unsteered")]
+    for s, u in zip(steered, unsteered):
+        assert s.shape == u.shape and abs(s - u).max() >= 1, "steered and unsteered images are the same"
+    if workflow.startswith("concept_map"):
+        cm = next(nid for nid, n in api.items() if n["class_type"] == "ConceptMapPreview")
+        assert hist["outputs"][cm]["images"], "ConceptMapPreview showed no map"
+    log = server["log"].read_text()
+    ours = [line for line in log.splitlines() if any(n in line for n in OUR_NODES + ("sae_concepts",))
+            and ("Error" in line or "Traceback" in line or "Exception" in line)]
+    assert not ours, ours
+
+
+def test_server_lists_workflows_as_templates(server):
+    templates = get(server["url"] + "/workflow_templates")
+    assert sorted(templates["sae_concepts"]) == sorted(w.stem for w in WORKFLOWS)
+    served = get(f"{server['url']}/api/workflow_templates/sae_concepts/{WORKFLOWS[0].name}")
+    assert served["nodes"]
+
+
+def test_validation_errors_name_our_node_and_server_keeps_serving(server):
+    ui = json.loads((REPO / "workflows" / "composition_spatial_steer.json").read_text())
+    api = small(ui_to_api(ui, server["object_info"]))
+    load_id = next(k for k, n in api.items() if n["class_type"] == "LoadSAE")
+    missing = json.loads(json.dumps(api))
+    missing[load_id]["inputs"]["sae_name"] = "missing_file.safetensors"
+    # ComfyUI queues the branches that are valid (the unsteered one) and reports the rest.
+    status, body = post(server["url"] + "/prompt", {"prompt": missing})
+    assert status in (200, 400) and load_id in body["node_errors"], body
+    assert body["node_errors"][load_id]["class_type"] == "LoadSAE"
+    assert "missing_file.safetensors" in json.dumps(body["node_errors"][load_id])
+    steer_id = next(k for k, n in api.items() if n["class_type"] == "SpatialConceptSteer")
+    no_mask = json.loads(json.dumps(api))
+    del no_mask[steer_id]["inputs"]["mask"]
+    status, body = post(server["url"] + "/prompt", {"prompt": no_mask})
+    assert status in (200, 400) and steer_id in body["node_errors"], body
+    assert body["node_errors"][steer_id]["class_type"] == "SpatialConceptSteer"
+    assert "mask" in json.dumps(body["node_errors"][steer_id])
+    assert get(server["url"] + "/object_info/LoadSAE")["LoadSAE"]["name"] == "LoadSAE"
+    hist = run(server, api)
+    assert hist["status"]["status_str"] == "success"
