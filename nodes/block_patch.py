@@ -19,7 +19,6 @@ from typing import Callable, Optional
 import torch
 from comfy.ldm.modules.attention import SpatialTransformer
 
-from ..sae_core.blocks import canonical_block
 
 log = logging.getLogger("sae_concepts")
 
@@ -87,32 +86,15 @@ class PatchedSpatialTransformer(SpatialTransformer):
         return out + change.to(out.dtype)
 
 
-def transformer_block_paths(model) -> dict[str, int]:
-    """{ComfyUI path: channels} of every SpatialTransformer in the model's U-Net."""
-    dm = model.get_model_object("diffusion_model")
-    found = {}
-    for name, mod in dm.named_modules():
-        if isinstance(mod, SpatialTransformer):
-            found[name] = mod.in_channels
-    return found
-
-
 def block_channels(model, block: str) -> int:
-    path = canonical_block(block)
-    try:
-        mod = model.get_model_object("diffusion_model." + path)
-    except AttributeError:
-        mod = None
-    if not isinstance(mod, SpatialTransformer):
-        raise ValueError(f"this model has no transformer block {path!r}; its transformer blocks are "
-                         f"{sorted(transformer_block_paths(model))}")
-    return mod.in_channels
+    from .model_blocks import resolve_block, transformer_blocks
+    return transformer_blocks(model)[resolve_block(model, block)]
 
 
 def patch_block(model, block: str, edit: BlockEdit):
     """A clone of `model` whose block `block` runs `edit` after the original (or earlier patch)."""
-    path = canonical_block(block)
-    block_channels(model, path)
+    from .model_blocks import resolve_block
+    path = resolve_block(model, block)
     m = model.clone()
     inner = m.get_model_object("diffusion_model." + path)
     m.add_object_patch("diffusion_model." + path, PatchedSpatialTransformer(inner, path, edit))

@@ -16,9 +16,10 @@ from comfy_api.latest import io, ui
 
 from ..sae_core.concept_render import colour_map, normalised_map
 from ..sae_core.interventions import concept_map, top_concepts
-from .block_patch import BlockCall, block_channels, patch_block, sigma_to_t
+from ..sae_core.sae_set import select_entry
+from .block_patch import BlockCall, patch_block, sigma_to_t
 from .sae_type import SAE
-from .steering import parse_concept
+from .steering import parse_concept, sae_groups
 from .window_inputs import block_input
 
 
@@ -78,7 +79,7 @@ class ConceptMapPreview(io.ComfyNode):
                 io.Float.Input("at_percent", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Where to look: 0 = first step (the paper's t = 1.0, pure noise), "
                                        "0.5 = middle, 1 = last step. Sampling stops there."),
-                block_input("middle_block.1"),
+                block_input(),
                 io.String.Input("concept", default="", optional=True,
                                 tooltip="Optional ids ('12, 40') or a dictionary word: its map is the MASK."),
                 io.Boolean.Input("overlay", default=True,
@@ -95,13 +96,9 @@ class ConceptMapPreview(io.ComfyNode):
     @classmethod
     def execute(cls, model, sae, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler,
                 at_percent, block, overlay, top_n, concept="") -> io.NodeOutput:
-        at_block = [e for e in sae if e.info.block == block]
-        if not at_block:
-            raise ValueError(f"ConceptMapPreview: the SAE has no SAE for block {block!r}; it covers {sae.blocks}")
-        channels = block_channels(model, block)
-        if at_block[0].sae.d_in != channels:
-            raise ValueError(f"ConceptMapPreview: SAE for {at_block[0].info.label()} has d={at_block[0].sae.d_in}, "
-                             f"block {block} of this model has {channels} channels")
+        groups = sae_groups(model, sae, block)
+        block = "middle_block.1" if "middle_block.1" in groups else sorted(groups)[0]
+        at_block = groups[block]
         latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
         noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
         probe = comfy.samplers.KSampler(model, steps=steps, device=model.load_device, sampler=sampler_name,
@@ -125,9 +122,10 @@ class ConceptMapPreview(io.ComfyNode):
             raise RuntimeError(f"ConceptMapPreview: block {block} was not called at sigma {target:.4f}; "
                                f"is it part of this model's U-Net?")
         t = sigma_to_t(model.get_model_object("model_sampling"), target)
-        entry = sae.select(block, t, "cond")
+        entry = select_entry(at_block, t, "cond")
         sae_model = entry.sae
-        concepts = sae.dictionary.for_sae(block, entry.info.t, entry.info.cond) if sae.dictionary else None
+        concepts = (sae.dictionary.for_sae(entry.info.block or entry.info.block_diffusers, entry.info.t, entry.info.cond)
+                    if sae.dictionary else None)
         B, C, h, w = capture.delta.shape
         out_hw = (latent.shape[-2] * 8, latent.shape[-1] * 8)
         preview = latent_rgb(model, x0_at["x0"], out_hw) if overlay and "x0" in x0_at else None

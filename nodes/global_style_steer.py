@@ -5,10 +5,9 @@ import logging
 
 from comfy_api.latest import io
 
-from .block_patch import patch_block
 from .sae_type import SAE
-from .steering import ConceptSteerEdit
-from .window_inputs import block_input, window_inputs
+from .steering import steer_model
+from .window_inputs import block_input, mode_input, window_inputs
 
 log = logging.getLogger("sae_concepts")
 
@@ -31,14 +30,17 @@ class GlobalStyleSteer(io.ComfyNode):
                 io.Float.Input("beta", default=10.0, min=-100000.0, max=100000.0, step=0.5,
                                tooltip="Total strength, spread over positions in proportion to their SAE "
                                        "code norm. The paper: 8 early, 10 middle, 10 final."),
-                block_input("middle_block.1"),
+                block_input(),
                 *window_inputs(0.4, 0.8),
+                mode_input(),
             ],
             outputs=[io.Model.Output(tooltip="A steered clone of the model.")],
         )
 
     @classmethod
-    def execute(cls, model, sae, concept, beta, block, start_percent, end_percent, rows) -> io.NodeOutput:
-        edit = ConceptSteerEdit(model, sae, block, concept, "global", beta, start_percent, end_percent, rows)
-        log.info(f"GlobalStyleSteer: {concept!r} at {block}, {edit.window.paper_t()}, rows={rows}")
-        return io.NodeOutput(patch_block(model, block, edit))
+    def execute(cls, model, sae, concept, beta, block, start_percent, end_percent, rows, mode="paper") -> io.NodeOutput:
+        steered, edits = steer_model(model, sae, block, concept, "global", beta, start_percent, end_percent, rows,
+                                     mode=mode)
+        for path, edit in edits.items():
+            log.info(f"GlobalStyleSteer: {concept!r} at {path}, {edit.window.paper_t()}, rows={rows}, mode={mode}")
+        return io.NodeOutput(steered)

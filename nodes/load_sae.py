@@ -10,6 +10,12 @@ from .model_folders import dictionary_files, sae_files
 from .sae_type import SAE
 
 FROM_FILE = "from file"
+# "<family> <diffusers block name>": what a foreign SAE (SDLens, SAELens) was trained on.
+SDXL_BLOCKS = ["down_blocks.1.attentions.0", "down_blocks.1.attentions.1", "down_blocks.2.attentions.0",
+               "down_blocks.2.attentions.1", "mid_block.attentions.0", "up_blocks.0.attentions.0",
+               "up_blocks.0.attentions.1", "up_blocks.0.attentions.2", "up_blocks.1.attentions.0",
+               "up_blocks.1.attentions.1", "up_blocks.1.attentions.2"]
+FOREIGN_BLOCKS = [f"sd1 {d}" for d, _ in SD1_BLOCKS.values()] + [f"sdxl {d}" for d in SDXL_BLOCKS]
 
 
 class LoadSAE(io.ComfyNode):
@@ -29,9 +35,11 @@ class LoadSAE(io.ComfyNode):
                 io.Combo.Input("dictionary", options=["none"] + dictionary_files(), default="none",
                                tooltip="Concept dictionary (.json from `sae-concepts dictionary`) that "
                                        "names each concept id; lets steering nodes take words."),
-                io.Combo.Input("block_for_foreign", options=[FROM_FILE] + list(SD1_BLOCKS), default=FROM_FILE,
-                               tooltip="SDLens / SAELens files do not record which U-Net block they were "
-                                       "trained on: pick it here. Native files know their block."),
+                io.Combo.Input("block_for_foreign", options=[FROM_FILE] + FOREIGN_BLOCKS, default=FROM_FILE,
+                               tooltip="SDLens / SAELens files do not record which model family and U-Net block "
+                                       "they were trained on: pick it here (SDLens SDXL-Turbo SAEs: sdxl "
+                                       "down_blocks.2.attentions.1, mid_block.attentions.0, up_blocks.0.attentions.0 "
+                                       "or .1). Native files know their block."),
             ],
             outputs=[SAE.Output(display_name="sae", tooltip="The SAE set.")],
         )
@@ -39,10 +47,13 @@ class LoadSAE(io.ComfyNode):
     @classmethod
     def execute(cls, sae_name, dictionary, block_for_foreign) -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise("sae", sae_name)
-        info = None if block_for_foreign == FROM_FILE else SAEInfo(block=block_for_foreign, cond="both")
+        info = None
+        if block_for_foreign != FROM_FILE:
+            family, diffusers = block_for_foreign.split(" ", 1)
+            info = SAEInfo(model_family=family, block_diffusers=diffusers, cond="both")
         sae_set = load_sae(path, info=info)
         for e in sae_set:
-            if not e.info.block:
+            if not (e.info.block or e.info.block_diffusers):
                 raise ValueError(f"LoadSAE: {sae_name} ({e.info.source_format}) does not say which U-Net block "
                                  f"it was trained on; choose it in block_for_foreign")
         if dictionary != "none":

@@ -1,5 +1,5 @@
 """The block edit behind SpatialConceptSteer and GlobalStyleSteer: window, rows, SAE choice,
-concept resolution and the mask, around the math in sae_core.interventions."""
+concept resolution, the mask and the steering mode, around the math in sae_core.interventions."""
 from __future__ import annotations
 
 import logging
@@ -8,11 +8,15 @@ import torch
 import torch.nn.functional as F
 
 from ..sae_core import SAESet
-from ..sae_core.interventions import global_steer, spatial_steer
-from .block_patch import BlockCall, TimestepWindow, block_channels, sigma_to_t
+from ..sae_core.interventions import global_steer, sdlens_paint, spatial_steer
+from ..sae_core.sae_set import select_entry
+from .block_patch import BlockCall, TimestepWindow, patch_block, sigma_to_t
+from .model_blocks import entry_block, resolve_block, transformer_blocks
 
 log = logging.getLogger("sae_concepts")
 ROWS = ["cond", "uncond", "both"]
+AUTO = "auto"
+MODES = ["paper", "sdlens"]
 
 
 def parse_concept(text: str) -> tuple[list[int] | None, list[str]]:
@@ -26,8 +30,8 @@ def parse_concept(text: str) -> tuple[list[int] | None, list[str]]:
 
 
 def resize_mask(mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """MASK [M, H, W] or [H, W] of any size -> [M, h, w] in [0, 1]; area-pooled (a mean) when
-    shrinking, bilinear when growing."""
+    """MASK [M, H, W] or [H, W] of any size -> [M, h, w] in [0, 1]; area-pooled (a mean, as SDLens
+    pools its brush) when shrinking, bilinear when growing."""
     m = mask.float()
     if m.ndim == 2:
         m = m[None]
@@ -38,42 +42,63 @@ def resize_mask(mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return F.interpolate(m[:, None], size=(h, w), mode=mode, **kw)[:, 0].clamp(0, 1)
 
 
-class ConceptSteerEdit:
-    """Callable BlockEdit. kind: "spatial" (needs mask) or "global"."""
+def sae_groups(model, sae_set: SAESet, block: str) -> dict[str, list]:
+    """{ComfyUI block path: the set's SAEs for it}: every block the set covers ("auto"), or one."""
+    groups: dict[str, list] = {}
+    for e in sae_set:
+        groups.setdefault(entry_block(model, e), []).append(e)
+    if block != AUTO:
+        path = resolve_block(model, block)
+        if path not in groups:
+            raise ValueError(f"the SAE has no SAE for block {block!r}; it covers {sorted(groups)}")
+        groups = {path: groups[path]}
+    channels = transformer_blocks(model)
+    for path, entries in groups.items():
+        for e in entries:
+            if e.sae.d_in != channels[path]:
+                raise ValueError(f"SAE for {e.info.label()} has d={e.sae.d_in}, but block {path} of this model "
+                                 f"has {channels[path]} channels: the SAE was trained on another model")
+    return groups
 
-    def __init__(self, model, sae_set: SAESet, block: str, concept: str, kind: str, beta: float,
-                 start_percent: float, end_percent: float, rows: str, mask: torch.Tensor | None = None):
+
+class ConceptSteerEdit:
+    """Callable BlockEdit for one block. kind: "spatial" (needs mask) or "global".
+    mode "paper": the paper's adaptive beta; "sdlens": strength * mean activation * f_c (SDLens)."""
+
+    def __init__(self, model, block: str, entries: list, sae_set: SAESet, concept: str, kind: str, beta: float,
+                 start_percent: float, end_percent: float, rows: str, mask: torch.Tensor | None = None,
+                 mode: str = "paper"):
         if rows not in ROWS:
             raise ValueError(f"rows must be one of {ROWS}, got {rows!r}")
-        self.sae_set, self.block, self.kind, self.beta, self.rows = sae_set, block, kind, beta, rows
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.block, self.entries, self.dictionary = block, entries, sae_set.dictionary
+        self.kind, self.beta, self.rows, self.mode = kind, beta, rows, mode
         self.window = TimestepWindow(model, start_percent, end_percent)
         self.model_sampling = model.get_model_object("model_sampling")
         self.ids, self.words = parse_concept(concept)
         self.mask = mask
-        self._on_device: dict = {}
+        self._cache: dict = {}
         self._warned: set = set()
-        at_block = [e for e in sae_set if e.info.block == block]
-        if not at_block:
-            raise ValueError(f"the SAE has no SAE for block {block!r}; it covers {sae_set.blocks}")
-        channels = block_channels(model, block)
-        for e in at_block:
-            if e.sae.d_in != channels:
-                raise ValueError(f"SAE for {e.info.label()} has d={e.sae.d_in}, but block {block} of this "
-                                 f"model has {channels} channels: the SAE was trained on another model")
         if self.words:
-            if sae_set.dictionary is None:
+            if self.dictionary is None:
                 raise ValueError(f"concept {concept!r} is a word, which needs a concept dictionary: pick one "
                                  f"in LoadSAE, or give concept ids (e.g. '12, 40')")
-            if not any(self._ids_for(e) for e in at_block):
-                vocab = sae_set.dictionary.vocabulary()
+            if not any(self._ids_for(e) for e in entries):
+                vocab = self.dictionary.vocabulary()
                 raise ValueError(f"no concept of block {block} is labelled {self.words}; the dictionary knows "
                                  f"{len(vocab)} labels, e.g. {vocab[:25]}")
         else:
-            for e in at_block:
+            for e in entries:
                 bad = [i for i in self.ids if not 0 <= i < e.sae.n_latents]
                 if bad:
                     raise ValueError(f"concept id(s) {bad} out of range for {e.info.label()} "
                                      f"(0..{e.sae.n_latents - 1})")
+        if mode == "sdlens":
+            missing = [e.info.label() for e in entries if e.latent_mean is None]
+            if missing:
+                raise ValueError(f"mode 'sdlens' scales by each feature's mean activation, which {missing} do not "
+                                 f"carry (SDLens folders ship it as mean.pt); use mode 'paper'")
         if kind == "spatial":
             if mask is None:
                 raise ValueError("SpatialConceptSteer needs a mask (the region S)")
@@ -84,20 +109,14 @@ class ConceptSteerEdit:
     def _ids_for(self, entry) -> list[int]:
         if self.ids is not None:
             return self.ids
-        concepts = self.sae_set.dictionary.for_sae(entry.info.block, entry.info.t, entry.info.cond)
+        concepts = self.dictionary.for_sae(entry.info.block or entry.info.block_diffusers, entry.info.t,
+                                           entry.info.cond)
         return sorted({cid for w in self.words for cid in concepts.lookup(w)}) if concepts else []
 
-    def _mask_at(self, h: int, w: int, device) -> torch.Tensor:
-        key = ("mask", h, w, device)
-        if key not in self._on_device:   # once per block size, not on every U-Net call
-            self._on_device[key] = resize_mask(self.mask, h, w).to(device)
-        return self._on_device[key]
-
-    def _sae(self, entry, device):
-        key = (id(entry), device)
-        if key not in self._on_device:
-            self._on_device[key] = entry.sae.to(device) if entry.sae.W_dec.device != device else entry.sae
-        return self._on_device[key]
+    def _cached(self, key, make):
+        if key not in self._cache:   # once per SAE and device / block size, not on every U-Net call
+            self._cache[key] = make()
+        return self._cache[key]
 
     def __call__(self, delta: torch.Tensor, call: BlockCall):
         active = self.window.active(call.sigmas)
@@ -121,18 +140,37 @@ class ConceptSteerEdit:
                     self._warned.add("nan")
                 continue
             t = sigma_to_t(self.model_sampling, float(call.sigmas[i]))
-            entry = self.sae_set.select(self.block, t, kinds[i])
+            entry = select_entry(self.entries, t, kinds[i])
             ids = self._ids_for(entry)
             if not ids:
                 continue
-            sae = self._sae(entry, delta.device)
+            dev = delta.device
+            sae = self._cached((id(entry), dev), lambda: entry.sae.to(dev))
+            if self.kind == "spatial":
+                m = self._cached(("mask", H, W, dev), lambda: resize_mask(self.mask, H, W).to(dev))
+                region = m[(i % per_chunk) % m.shape[0]].reshape(-1)
+            else:
+                region = torch.ones(H * W, device=dev)
             with torch.no_grad():
-                if self.kind == "spatial":
-                    m = self._mask_at(H, W, delta.device)
-                    region = m[(i % per_chunk) % m.shape[0]].reshape(-1)
+                if self.mode == "sdlens":
+                    mean = self._cached(("mean", id(entry), dev), lambda: entry.latent_mean.to(dev))
+                    ch = sdlens_paint(sae, mean, ids, region, self.beta)
+                elif self.kind == "spatial":
                     ch = spatial_steer(sae, rows_delta, ids, region, self.beta)
                 else:
                     ch = global_steer(sae, rows_delta, ids, self.beta)
             change[i] = ch.t().reshape(C, H, W)
             touched = True
         return change if touched else None
+
+
+def steer_model(model, sae_set: SAESet, block: str, concept: str, kind: str, beta: float, start_percent: float,
+                end_percent: float, rows: str, mask=None, mode: str = "paper"):
+    """Validate everything, then patch each block the steer applies to. Returns (model, edits)."""
+    edits = {}
+    for path, entries in sae_groups(model, sae_set, block).items():
+        edits[path] = ConceptSteerEdit(model, path, entries, sae_set, concept, kind, beta, start_percent,
+                                       end_percent, rows, mask=mask, mode=mode)
+    for path, edit in edits.items():
+        model = patch_block(model, path, edit)
+    return model, edits

@@ -4,16 +4,28 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..sae_core import PAPER_BLOCKS, SD1_BLOCKS
-from .steering import ROWS
+from .steering import AUTO, MODES, ROWS
 
-BLOCK_OPTIONS = list(PAPER_BLOCKS) + [b for b in SD1_BLOCKS if b not in PAPER_BLOCKS]
+# SDXL's transformer blocks that SD1.x lacks (ComfyUI paths); SDLens's are input_blocks.8.1,
+# middle_block.1, output_blocks.0.1 and output_blocks.1.1.
+SDXL_ONLY = ["output_blocks.0.1", "output_blocks.1.1", "output_blocks.2.1"]
+BLOCK_OPTIONS = [AUTO] + list(PAPER_BLOCKS) + [b for b in SD1_BLOCKS if b not in PAPER_BLOCKS] + SDXL_ONLY
 
 
-def block_input(default: str = "middle_block.1"):
+def block_input(default: str = AUTO):
     return io.Combo.Input(
         "block", options=BLOCK_OPTIONS, default=default,
-        tooltip="U-Net transformer block to steer (ComfyUI path). The paper's SAEs: input_blocks.8.1 "
-                "(down), middle_block.1 (mid), output_blocks.3.1 (up). The SAE must have one for it.")
+        tooltip="U-Net transformer block (ComfyUI path). 'auto': every block the SAE set has SAEs for. "
+                "The paper's SD1.x blocks: input_blocks.8.1 (down), middle_block.1 (mid), output_blocks.3.1 "
+                "(up); SDLens's SDXL ones: input_blocks.8.1, middle_block.1, output_blocks.0.1 / 1.1.")
+
+
+def mode_input():
+    return io.Combo.Input(
+        "mode", options=MODES, default="paper",
+        tooltip="paper: the paper's adaptive beta (scaled by the SAE code's norm at each position). sdlens: "
+                "beta is SDLens's strength (-40..40, default 10), times each feature's mean activation "
+                "(SAEs that carry mean.pt, e.g. SDLens), painted through the mask pooled to the block grid.")
 
 
 def window_inputs(start: float, end: float):

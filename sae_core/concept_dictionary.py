@@ -18,6 +18,14 @@ from .errors import SAEFileError
 FORMAT_NAME = "sae_concepts.concept_dictionary"
 
 
+def _block_name(block: str) -> str:
+    """SD1.x names are canonicalised; other families' block names are kept as written."""
+    try:
+        return canonical_block(block)
+    except ValueError:
+        return block
+
+
 @dataclass
 class SAEConcepts:
     block: str
@@ -43,7 +51,7 @@ class ConceptDictionary:
         self.entries, self.source = entries, source
 
     def for_sae(self, block: str, t: float | None, cond: str) -> SAEConcepts | None:
-        block = canonical_block(block)
+        block = _block_name(block)
         fitting = [e for e in self.entries if e.block == block and e.cond in (cond, "both")] or \
                   [e for e in self.entries if e.block == block]
         if not fitting:
@@ -77,7 +85,7 @@ class ConceptDictionary:
             for d in data["dictionaries"]:
                 concepts = {int(k): {"labels": list(v.get("labels", [])), "counts": dict(v.get("counts", {}))}
                             for k, v in d["concepts"].items()}
-                entries.append(SAEConcepts(canonical_block(d["block"]), d.get("t"), d.get("cond", "both"), concepts))
+                entries.append(SAEConcepts(_block_name(d["block"]), d.get("t"), d.get("cond", "both"), concepts))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise SAEFileError(path, f"malformed concept dictionary: {type(e).__name__}: {e}") from e
         return cls(entries, source=str(path))

@@ -70,3 +70,12 @@ def concept_map(sae: TopKSAE, delta: torch.Tensor, concept_ids) -> torch.Tensor:
     ids = _ids(sae, concept_ids)
     values, indices = code_in_input_units(sae, delta)
     return concept_values(values, indices, ids).sum(1)
+
+
+def sdlens_paint(sae: TopKSAE, latent_mean: torch.Tensor, concept_ids, region: torch.Tensor,
+                 strength: float) -> torch.Tensor:
+    """SDLens-style steering: region * strength * sum_c mean_activation[c] * W_dec[c] (input units).
+    The region is the brush mask pooled to the block's grid; no SAE code of Delta is needed."""
+    ids = _ids(sae, concept_ids)
+    direction = (latent_mean[ids].to(sae.W_dec.dtype)[:, None] * sae.W_dec[ids]).sum(0) * sae.input_scale
+    return region.to(sae.W_dec.dtype).reshape(-1, 1) * strength * direction

@@ -27,8 +27,8 @@ class SAEInfo:
             raise ValueError(f"cond must be one of {CONDITIONS}, got {self.cond!r}")
         if self.t is not None and not 0.0 <= float(self.t) <= 1.0:
             raise ValueError(f"t must be in [0, 1] (1.0 = first reverse step), got {self.t}")
-        if self.model_family == "sd1" and self.block:
-            self.block = canonical_block(self.block)
+        if self.model_family == "sd1" and (self.block or self.block_diffusers):
+            self.block = canonical_block(self.block or self.block_diffusers)
             self.block_diffusers = SD1_BLOCKS[self.block][0]
 
     def to_dict(self) -> dict:
@@ -51,6 +51,14 @@ class SAEEntry:
     latent_std: torch.Tensor | None = None
 
 
+def select_entry(entries: list[SAEEntry], t: float | None, cond: str) -> SAEEntry:
+    """Among SAEs of one block: the condition that fits (else any), then the nearest t bucket."""
+    fitting = [e for e in entries if e.info.cond in (cond, "both")] or entries
+    if t is None:
+        return fitting[0]
+    return min(fitting, key=lambda e: abs((e.info.t if e.info.t is not None else t) - t))
+
+
 class SAESet:
     """Several SAEs loaded as one object; a node picks the one for its block and timestep."""
 
@@ -69,20 +77,17 @@ class SAESet:
 
     @property
     def blocks(self) -> list[str]:
-        return sorted({e.info.block for e in self.entries})
+        return sorted({e.info.block or e.info.block_diffusers for e in self.entries})
 
     def select(self, block: str, t: float | None = None, cond: str = "cond") -> SAEEntry:
         """The SAE for `block` whose condition fits and whose timestep bucket is nearest to t."""
         if self.entries[0].info.model_family == "sd1":
             block = canonical_block(block)
-        at_block = [e for e in self.entries if e.info.block == block]
+        at_block = [e for e in self.entries if block in (e.info.block, e.info.block_diffusers)]
         if not at_block:
             raise KeyError(f"no SAE for block {block!r} in {self.source or 'this set'}; "
                            f"it has {self.blocks}")
-        fitting = [e for e in at_block if e.info.cond in (cond, "both")] or at_block
-        if t is None:
-            return fitting[0]
-        return min(fitting, key=lambda e: abs((e.info.t if e.info.t is not None else t) - t))
+        return select_entry(at_block, t, cond)
 
     def describe(self) -> str:
         return "\n".join(

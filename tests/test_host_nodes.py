@@ -247,7 +247,8 @@ def test_bad_inputs_are_clear_errors_or_documented(tiny_model, caplog):
 def test_nan_activations_leave_rows_unsteered(tiny_model, caplog):
     from sae_concepts.nodes.block_patch import BlockCall
     from sae_concepts.nodes.steering import ConceptSteerEdit
-    edit = ConceptSteerEdit(tiny_model, sae_set(), BLOCK, "7", "global", 10.0, 0.0, 1.0, "both")
+    s = sae_set()
+    edit = ConceptSteerEdit(tiny_model, BLOCK, s.entries, s, "7", "global", 10.0, 0.0, 1.0, "both")
     delta = torch.randn(2, TINY_CH, 4, 4)
     delta[1, 0, 0, 0] = float("nan")
     call = BlockCall(BLOCK, torch.tensor([14.0, 14.0]), ["cond", "uncond"], {"cond_or_uncond": [0, 1]})
