@@ -26,8 +26,8 @@ def random_checkpoint(comfy):
 
 @pytest.fixture(scope="session")
 def loaded(random_checkpoint):
-    from sae_concepts.training.collect import load_sd1_checkpoint
-    return load_sd1_checkpoint(str(random_checkpoint))
+    from sae_concepts.training.collect import load_checkpoint
+    return load_checkpoint(str(random_checkpoint))
 
 
 def small_cfg(tmp_path, **over):
@@ -139,7 +139,7 @@ def test_collect_two_ranks_with_torchrun(tmp_path, random_checkpoint):
 
 
 def test_collect_bad_inputs(tmp_path, loaded):
-    from sae_concepts.training.collect import CollectError, collect, load_sd1_checkpoint
+    from sae_concepts.training.collect import CollectError, collect, load_checkpoint
     from sae_concepts.training.prompts import PromptFileError
     (tmp_path / "empty.txt").write_text("\n  \n")
     with pytest.raises(PromptFileError, match="empty.txt: holds no prompts"):
@@ -150,22 +150,24 @@ def test_collect_bad_inputs(tmp_path, loaded):
     (tmp_path / "bad.csv").write_text("text_a,b\nx,y\n")
     with pytest.raises(PromptFileError, match="no prompt column"):
         collect(small_cfg(tmp_path, prompts=str(tmp_path / "bad.csv")), *loaded, progress=False)
-    with pytest.raises(ValueError, match="unknown SD1.x transformer block 'input_blocks.3.1'"):
+    with pytest.raises(ValueError, match="this sd1 model has no transformer block 'input_blocks.3.1'"):
         collect(small_cfg(tmp_path, blocks="input_blocks.3.1"), *loaded, progress=False)
     with pytest.raises(Exception, match="not writable"):
         collect(small_cfg(tmp_path, out="/proc/not_here/acts"), *loaded, progress=False)
     save_file({"foo.weight": torch.zeros(3, 3)}, tmp_path / "notsd.safetensors")
     with pytest.raises(CollectError, match="notsd.safetensors cannot be loaded as a diffusion model"):
-        load_sd1_checkpoint(str(tmp_path / "notsd.safetensors"))
+        load_checkpoint(str(tmp_path / "notsd.safetensors"))
     assert not (tmp_path / "acts").exists() or not list((tmp_path / "acts").glob("shard_*"))
 
 
-def test_collect_refuses_non_sd1_model(comfy):
-    from sae_concepts.training.collect import CollectError, check_sd1
+def test_collect_refuses_other_model_families(comfy):
+    from sae_concepts.training.collect import CollectError, check_family
+
+    class Flux:
+        unet_config = {"context_dim": 4096, "model_channels": None}
 
     class Fake:
         class model:
-            class model_config:
-                unet_config = {"context_dim": 2048, "model_channels": 320, "adm_in_channels": 2816}
-    with pytest.raises(CollectError, match="context_dim=2048.*not an SD1.x model"):
-        check_sd1(Fake, "sdxl.safetensors")
+            model_config = Flux()
+    with pytest.raises(CollectError, match="flux.safetensors is detected as Flux .*not an SD1.x or SDXL model"):
+        check_family(Fake, "flux.safetensors")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..sae_core import PAPER_BLOCKS, canonical_block
+from ..sae_core import PAPER_BLOCKS
 from ..sae_core.atomic import atomic_path
 from .prompts import read_prompts
 from .shards import ShardWriter, activation_key
@@ -27,7 +27,8 @@ class CollectConfig:
     checkpoint: str = field(default="", metadata={"help": "SD1.x checkpoint file (.safetensors / .ckpt)"})
     prompts: str = field(default="", metadata={"help": "prompt file: .txt, .jsonl or .csv"})
     out: str = field(default="activations", metadata={"help": "output folder (resumes if it exists)"})
-    blocks: str = field(default=",".join(PAPER_BLOCKS), metadata={"help": "comma-separated blocks"})
+    blocks: str = field(default="", metadata={"help": "comma-separated blocks, ComfyUI paths or diffusers names "
+                                                     "(default: the paper's three on SD1.x, SDLens's four on SDXL)"})
     timesteps: str = field(default="1.0,0.5,0.0", metadata={"help": "paper's t buckets (1.0 = first step)"})
     steps: int = field(default=50, metadata={"help": "sampling steps"})
     cfg: float = field(default=7.5, metadata={"help": "classifier-free guidance scale"})
@@ -48,8 +49,12 @@ class CollectError(ValueError):
     pass
 
 
-def load_sd1_checkpoint(path: str):
-    """(ModelPatcher, CLIP, VAE) through ComfyUI's loader; refuses anything but SD1.x."""
+SDLENS_SDXL_BLOCKS = ("down_blocks.2.attentions.1", "mid_block.attentions.0", "up_blocks.0.attentions.0",
+                      "up_blocks.0.attentions.1")
+
+
+def load_checkpoint(path: str):
+    """(ModelPatcher, CLIP, VAE) through ComfyUI's loader; refuses anything but SD1.x / SDXL."""
     import comfy.sd
     p = Path(path)
     if not p.is_file():
@@ -58,16 +63,20 @@ def load_sd1_checkpoint(path: str):
         model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(p), output_vae=True, output_clip=True)
     except Exception as e:  # noqa: BLE001 - ComfyUI raises RuntimeError or loader-specific errors
         raise CollectError(f"checkpoint {p} cannot be loaded as a diffusion model: {str(e).splitlines()[0]}") from e
-    check_sd1(model, str(p))
+    check_family(model, str(p))
     return model, clip, vae
 
 
-def check_sd1(model, name: str) -> None:
-    cfg = model.model.model_config
-    unet = getattr(cfg, "unet_config", {})
-    if unet.get("context_dim") != 768 or unet.get("model_channels") not in (320,) or unet.get("adm_in_channels"):
-        raise CollectError(f"{name} is detected as {type(cfg).__name__} (context_dim={unet.get('context_dim')}, "
-                           f"model_channels={unet.get('model_channels')}), not an SD1.x model")
+def check_family(model, name: str) -> str:
+    """'sd1' or 'sdxl' (the U-Nets whose transformer blocks this pack knows), else a clear error."""
+    from ..nodes.model_blocks import model_family
+    fam = model_family(model)
+    if fam not in ("sd1", "sdxl"):
+        unet = getattr(model.model.model_config, "unet_config", {})
+        raise CollectError(f"{name} is detected as {type(model.model.model_config).__name__} "
+                           f"(context_dim={unet.get('context_dim')}, model_channels={unet.get('model_channels')}), "
+                           f"not an SD1.x or SDXL model")
+    return fam
 
 
 class TimestepRecorder:
@@ -116,36 +125,40 @@ def batch_conditioning(conds: list) -> list:
     return [[tensors, extra]]
 
 
-def run_config(cfg: CollectConfig, n_prompts: int) -> dict:
+def run_config(cfg: CollectConfig, n_prompts: int, family: str) -> dict:
     d = asdict(cfg)
     for k in ("out", "limit", "save_images", "batch_size"):
         d.pop(k)
     d["checkpoint"] = Path(cfg.checkpoint).name if cfg.checkpoint else "<in-process model>"
     d["prompts"] = hashlib.sha256(Path(cfg.prompts).read_bytes()).hexdigest()[:16] if cfg.prompts else ""
     d["n_prompts"] = n_prompts
-    d["model_family"] = "sd1"
+    d["model_family"] = family
     return d
 
 
 def collect(cfg: CollectConfig, model=None, clip=None, vae=None, prompts: list[str] | None = None,
             rank: int = 0, world: int = 1, progress: bool = True) -> Path:
     import comfy.sample
-    from ..nodes.block_patch import block_channels, patch_block
+    from ..nodes.block_patch import patch_block
 
     prompts = prompts if prompts is not None else read_prompts(cfg.prompts)
     if cfg.limit:
         prompts = prompts[: cfg.limit]
     if model is None:
-        model, clip, vae = load_sd1_checkpoint(cfg.checkpoint)
+        model, clip, vae = load_checkpoint(cfg.checkpoint)
+    family = check_family(model, cfg.checkpoint or "the model")
     if cfg.width % 8 or cfg.height % 8:
         raise CollectError(f"width and height must be multiples of 8, got {cfg.width}x{cfg.height}")
-    blocks = [canonical_block(b) for b in cfg.blocks.split(",") if b.strip()]
-    channels = {b: block_channels(model, b) for b in blocks}
+    from ..nodes.model_blocks import diffusers_to_comfy, resolve_block, transformer_blocks
+    names = [b for b in cfg.blocks.split(",") if b.strip()] or list(PAPER_BLOCKS if family == "sd1" else SDLENS_SDXL_BLOCKS)
+    blocks = [resolve_block(model, b) for b in names]
+    channels = {b: transformer_blocks(model)[b] for b in blocks}
+    diffusers = {c: d for d, c in diffusers_to_comfy(model).items() if c in blocks}
     timesteps = [float(t) for t in cfg.timesteps.split(",") if t.strip()]
     if not timesteps or any(not 0.0 <= t <= 1.0 for t in timesteps):
         raise CollectError(f"timesteps must be in [0, 1] (1.0 = first step), got {cfg.timesteps!r}")
     out = Path(cfg.out)
-    writer = ShardWriter(out, rank, run_config=run_config(cfg, len(prompts)))
+    writer = ShardWriter(out, rank, run_config=run_config(cfg, len(prompts), family))
     targets, step_index = bucket_sigmas(model, cfg, timesteps)
     recorders = {b: TimestepRecorder(targets) for b in blocks}
     patched = model
@@ -204,7 +217,8 @@ def collect(cfg: CollectConfig, model=None, clip=None, vae=None, prompts: list[s
         tensors = {k: torch.cat(v) for k, v in parts.items()}
         writer.write(shard_index, tensors, {
             "prompt_ids": chunk, "prompts": [prompts[i] for i in chunk], "seeds": [cfg.seed + i for i in chunk],
-            "grids": grids, "channels": channels, "step_index": {f"{t:g}": i for t, i in step_index.items()}})
+            "grids": grids, "channels": channels, "blocks_diffusers": diffusers,
+            "step_index": {f"{t:g}": i for t, i in step_index.items()}})
     if bar is not None:
         bar.close()
     return out

@@ -161,3 +161,58 @@ def cached_random_sd1_checkpoint(cache_dir=None) -> Path:
     if not path.exists():
         write_random_sd1_checkpoint(path, seed=0)
     return path
+
+
+SDXL_UNET = {'use_checkpoint': False, 'image_size': 32, 'out_channels': 4, 'use_spatial_transformer': True,
+             'legacy': False, 'num_classes': 'sequential', 'adm_in_channels': 2816, 'in_channels': 4,
+             'model_channels': 320, 'num_res_blocks': [2, 2, 2], 'transformer_depth': [0, 0, 2, 2, 10, 10],
+             'channel_mult': [1, 2, 4], 'transformer_depth_middle': 10, 'use_linear_in_transformer': True,
+             'context_dim': 2048, 'num_head_channels': 64, 'transformer_depth_output': [0, 0, 0, 2, 2, 2, 10, 10, 10],
+             'use_temporal_attention': False, 'use_temporal_resblock': False}
+# Same block layout as SDXL (so the same ComfyUI paths and diffusers names), reduced width/depth.
+TINY_SDXL_UNET = dict(model_channels=32, num_head_channels=16, transformer_depth=[0, 0, 1, 1, 1, 1],
+                      transformer_depth_middle=1, transformer_depth_output=[0, 0, 0, 1, 1, 1, 1, 1, 1])
+
+
+def _reset_torch_layers(module, seed: int) -> None:
+    import torch
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            for base in (torch.nn.Linear, torch.nn.Conv2d, torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.Embedding):
+                if isinstance(m, base):
+                    base.reset_parameters(m)
+                    break
+    torch.random.set_rng_state(state)
+
+
+def build_random_sdxl(tiny: bool = True, seed: int = 0, device=None):
+    """An SDXL U-Net (ComfyUI's classes) with random weights, as a ModelPatcher. tiny keeps SDXL's
+    block layout at model_channels 32 and depth 1; device="meta" builds the full size shape-only."""
+    import torch
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models
+    cfg = dict(SDXL_UNET)
+    if tiny:
+        cfg.update(TINY_SDXL_UNET)
+    model_config = comfy.supported_models.SDXL(cfg)
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({}, device=device)
+    if device != "meta":
+        _reset_torch_layers(model, seed)
+    model.eval()
+    return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
+
+
+def build_random_sdxl_clip(seed: int = 0):
+    """ComfyUI's SDXL text encoders (CLIP-L + CLIP-G, real classes and tokenizers) with random weights."""
+    import comfy.sd
+    import comfy.sdxl_clip
+    import comfy.supported_models_base
+    clip = comfy.sd.CLIP(comfy.supported_models_base.ClipTarget(comfy.sdxl_clip.SDXLTokenizer,
+                                                                comfy.sdxl_clip.SDXLClipModel))
+    _reset_torch_layers(clip.cond_stage_model, seed)
+    return clip

@@ -60,8 +60,10 @@ def train_saes(cmd: TrainCommandConfig, train: TrainConfig, progress: bool = Tru
                   f"{shards.vectors(key)} vectors")
         sae = trainer.fit(stream_batches(shards, key, cmd.batch_size, cmd.shuffle_window, seed=train.seed,
                                          rank=rank, world=world, epochs=cmd.epochs))
-        info = SAEInfo(model_family=shards.config.get("model_family", "sd1"), block=block, t=t, cond=cond,
-                       training=trainer.summary())
+        diffusers = next((sh.get("blocks_diffusers", {}).get(block, "") for sh in shards.shards
+                          if sh.get("blocks_diffusers")), "")
+        info = SAEInfo(model_family=shards.config.get("model_family", "sd1"), block=block, block_diffusers=diffusers,
+                       t=t, cond=cond, training=trainer.summary())
         entries.append(SAEEntry(sae.cpu().eval(), info))
         if rank == 0:  # the set grows as SAEs finish, so a killed run keeps what it finished
             save_sae_set(out, entries)
