@@ -111,7 +111,7 @@ def composition():
     ckpt, pos, neg, lat = base(g, "a photo of a dog in a park, detailed, natural light", 42)
     sae = g.add("LoadSAE", [SAE_FILE, DICTIONARY, "from file"], (20, 420), size=(320, 130))
     mask = quadrant_mask(g, 0, 0)
-    steer = g.add("SpatialConceptSteer", ["dog", 4000.0, "middle_block.1", 0.0, 0.4, "both"], (840, 160),
+    steer = g.add("SpatialConceptSteer", ["dog", 4000.0, "middle_block.1", 0.0, 0.4, "both", "paper"], (840, 160),
                   title="Put the dog in the region (early window)", size=(360, 230))
     g.link(ckpt, 0, steer, "model")
     g.link(sae, 0, steer, "sae")
@@ -133,7 +133,7 @@ def style():
     g = Graph()
     ckpt, pos, neg, lat = base(g, "a cottage by a lake, landscape", 7)
     sae = g.add("LoadSAE", [SAE_FILE, "none", "from file"], (20, 420), size=(320, 130))
-    steer = g.add("GlobalStyleSteer", ["1234", 10.0, "middle_block.1", 0.4, 0.8, "both"], (840, 160),
+    steer = g.add("GlobalStyleSteer", ["1234", 10.0, "middle_block.1", 0.4, 0.8, "both", "paper"], (840, 160),
                   title="Style in the middle window", size=(360, 210))
     g.link(ckpt, 0, steer, "model")
     g.link(sae, 0, steer, "sae")
@@ -176,12 +176,12 @@ def combined():
     ckpt, pos, neg, lat = base(g, "a horse on a beach at sunset", 11)
     sae = g.add("LoadSAE", [SAE_FILE, DICTIONARY, "from file"], (20, 420), size=(320, 130))
     mask = quadrant_mask(g, 256, 0)
-    spatial = g.add("SpatialConceptSteer", ["horse", 4000.0, "middle_block.1", 0.0, 0.4, "both"], (700, 100),
+    spatial = g.add("SpatialConceptSteer", ["horse", 4000.0, "middle_block.1", 0.0, 0.4, "both", "paper"], (700, 100),
                     title="Composition: horse top-right (early)", size=(360, 230))
     g.link(ckpt, 0, spatial, "model")
     g.link(sae, 0, spatial, "sae")
     g.link(mask, 0, spatial, "mask")
-    style_ = g.add("GlobalStyleSteer", ["1234", 10.0, "middle_block.1", 0.4, 0.8, "both"], (700, 380),
+    style_ = g.add("GlobalStyleSteer", ["1234", 10.0, "middle_block.1", 0.4, 0.8, "both", "paper"], (700, 380),
                    title="Style (middle)", size=(360, 210))
     g.link(spatial, 0, style_, "model")
     g.link(sae, 0, style_, "sae")
@@ -194,7 +194,47 @@ def combined():
     g.save("combined_spatial_and_style")
 
 
+def sdxl_turbo():
+    g = Graph()
+    ckpt = g.add("CheckpointLoaderSimple", ["sd_xl_turbo_1.0_fp16.safetensors"], (20, 160), size=(320, 100))
+    pos = g.add("CLIPTextEncode", ["a photo of a cat on a beach"], (380, 60), title="Prompt", size=(400, 160))
+    neg = g.add("CLIPTextEncode", [""], (380, 260), title="Negative (unused at cfg 1)", size=(400, 100))
+    lat = g.add("EmptyLatentImage", [512, 512, 1], (380, 400), size=(320, 110))
+    g.link(ckpt, 1, pos, "clip")
+    g.link(ckpt, 1, neg, "clip")
+    sae = g.add("LoadSAE", ["sdlens/up_blocks.0.attentions.1_k10/state_dict.pth", "none",
+                            "sdxl up_blocks.0.attentions.1"], (20, 420), size=(340, 130))
+    mask = quadrant_mask(g, 0, 256)
+    steer = g.add("SpatialConceptSteer", ["2301", 10.0, "auto", 0.0, 1.0, "cond", "sdlens"], (840, 160),
+                  title="SDLens paint (bottom-left)", size=(360, 250))
+    g.link(ckpt, 0, steer, "model")
+    g.link(sae, 0, steer, "sae")
+    g.link(mask, 0, steer, "mask")
+    for model_src, prefix, y, title in (((steer, 0), "sae_concepts/sdxl_turbo_steered", 60, "Steered"),
+                                        ((ckpt, 0), "sae_concepts/sdxl_turbo_unsteered", 420, "Unsteered (same seed)")):
+        ks = g.add("KSampler", [5, "fixed", 1, 1.0, "euler_ancestral", "sgm_uniform", 1.0], (1260, y), title=title,
+                   size=(320, 260))
+        g.link(model_src[0], model_src[1], ks, "model")
+        g.link(pos, 0, ks, "positive")
+        g.link(neg, 0, ks, "negative")
+        g.link(lat, 0, ks, "latent_image")
+        dec = g.add("VAEDecode", [], (1620, y), size=(200, 50))
+        g.link(ks, 0, dec, "samples")
+        g.link(ckpt, 2, dec, "vae")
+        save = g.add("SaveImage", [prefix], (1860, y), size=(320, 300))
+        g.link(dec, 0, save, "images")
+    g.add("Note", ["SDXL-Turbo with an SDLens SAE (Surkov et al., 'One-Step is Enough'). Put the SDLens folder for "
+                   "up_blocks.0.attentions.1 (config.json, state_dict.pth, mean.pt, std.pt) under models/sae/sdlens/ "
+                   "and pick its block in Load SAE (SDLens files do not record it).\n\nTurbo samples in 1-4 steps at "
+                   "cfg 1: then there is no negative (uncond) half of the batch, so rows = cond. mode sdlens paints "
+                   "like SDLens: strength (beta, -40..40, default 10) times the feature's mean activation times its "
+                   "decoder direction, inside the mask pooled to the block's grid. The window 0-1 covers the single "
+                   "step. SDLens SAEs also transfer to SDXL base."], (840, 460), size=(360, 300))
+    g.save("sdxl_turbo_sdlens_paint")
+
+
 if __name__ == "__main__":
+    sdxl_turbo()
     composition()
     style()
     concept_map()
