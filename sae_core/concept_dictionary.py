@@ -71,14 +71,10 @@ class ConceptDictionary:
 
     @classmethod
     def load(cls, path) -> "ConceptDictionary":
+        from .foreign_formats import read_json
         path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as e:
-            raise SAEFileError(path, "concept dictionary not found") from e
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise SAEFileError(path, f"concept dictionary is not valid JSON: {e}") from e
-        if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
+        data = read_json(path)
+        if data.get("format") != FORMAT_NAME:
             raise SAEFileError(path, f"not a concept dictionary (format must be {FORMAT_NAME!r})")
         entries = []
         try:

@@ -82,8 +82,9 @@ def base(g: Graph, prompt: str, seed: int, width=512, height=512):
     return ckpt, pos, neg, lat
 
 
-def sample_and_save(g: Graph, model_src, ckpt, pos, neg, lat, seed, prefix, y, title):
-    ks = g.add("KSampler", [seed, "fixed", 30, 7.5, "ddim", "ddim_uniform", 1.0], (1260, y), title=title, size=(320, 260))
+def sample_and_save(g: Graph, model_src, ckpt, pos, neg, lat, seed, prefix, y, title,
+                    sampler=(30, 7.5, "ddim", "ddim_uniform")):
+    ks = g.add("KSampler", [seed, "fixed", *sampler, 1.0], (1260, y), title=title, size=(320, 260))
     g.link(model_src[0], model_src[1], ks, "model")
     g.link(pos, 0, ks, "positive")
     g.link(neg, 0, ks, "negative")
@@ -210,19 +211,10 @@ def sdxl_turbo():
     g.link(ckpt, 0, steer, "model")
     g.link(sae, 0, steer, "sae")
     g.link(mask, 0, steer, "mask")
-    for model_src, prefix, y, title in (((steer, 0), "sae_concepts/sdxl_turbo_steered", 60, "Steered"),
-                                        ((ckpt, 0), "sae_concepts/sdxl_turbo_unsteered", 420, "Unsteered (same seed)")):
-        ks = g.add("KSampler", [5, "fixed", 1, 1.0, "euler_ancestral", "sgm_uniform", 1.0], (1260, y), title=title,
-                   size=(320, 260))
-        g.link(model_src[0], model_src[1], ks, "model")
-        g.link(pos, 0, ks, "positive")
-        g.link(neg, 0, ks, "negative")
-        g.link(lat, 0, ks, "latent_image")
-        dec = g.add("VAEDecode", [], (1620, y), size=(200, 50))
-        g.link(ks, 0, dec, "samples")
-        g.link(ckpt, 2, dec, "vae")
-        save = g.add("SaveImage", [prefix], (1860, y), size=(320, 300))
-        g.link(dec, 0, save, "images")
+    turbo = (1, 1.0, "euler_ancestral", "sgm_uniform")
+    sample_and_save(g, (steer, 0), ckpt, pos, neg, lat, 5, "sae_concepts/sdxl_turbo_steered", 60, "Steered", turbo)
+    sample_and_save(g, (ckpt, 0), ckpt, pos, neg, lat, 5, "sae_concepts/sdxl_turbo_unsteered", 420,
+                    "Unsteered (same seed)", turbo)
     g.add("Note", ["SDXL-Turbo with an SDLens SAE (Surkov et al., 'One-Step is Enough'). Put the SDLens folder for "
                    "up_blocks.0.attentions.1 (config.json, state_dict.pth, mean.pt, std.pt) under models/sae/sdlens/ "
                    "and pick its block in Load SAE (SDLens files do not record it).\n\nTurbo samples in 1-4 steps at "
