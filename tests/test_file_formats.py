@@ -1,7 +1,6 @@
 """Native SAE-set files and the foreign formats, written here in each format's exact layout,
 loaded, and compared against each format's own encode/decode rule written out densely."""
 import json
-import pickle
 
 import pytest
 import torch

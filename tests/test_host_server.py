@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sae_concepts.sae_core import PAPER_BLOCKS, SAEEntry, SAEInfo, SAESet, SaeConfig, TopKSAE, save_sae_set
+from sae_concepts.sae_core import PAPER_BLOCKS, SAEEntry, SAEInfo, SaeConfig, TopKSAE, save_sae_set
 from sae_concepts.sae_core.concept_dictionary import ConceptDictionary, SAEConcepts
 
 sys.path.insert(0, str(Path(__file__).parent / "host_support"))

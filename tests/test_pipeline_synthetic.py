@@ -1,6 +1,5 @@
 """The pipeline's later stages on synthetic scenes with known masks and labels (every tier)."""
 import json
-from pathlib import Path
 
 import pytest
 import torch

@@ -1,6 +1,5 @@
 """Shards: atomic writing, resume bookkeeping, corruption errors, streaming with bounded memory;
 the train command end to end on planted data."""
-import json
 import subprocess
 import sys
 import textwrap
