@@ -67,7 +67,7 @@ class Trainer:
     """
 
     def __init__(self, sae_cfg: SaeConfig, cfg: TrainConfig = TrainConfig(), *, checkpoint=None,
-                 log_path=None, device="cpu", progress: bool = False):
+                 log_path=None, device="cpu", progress: bool = False, expected_steps: int | None = None):
         self.sae_cfg, self.cfg = sae_cfg, cfg
         self.device = torch.device(device)
         gen = torch.Generator().manual_seed(cfg.seed)
@@ -84,6 +84,7 @@ class Trainer:
         self.checkpoint = Path(checkpoint) if checkpoint else None
         self.log_path = Path(log_path) if log_path else None
         self.progress = progress
+        self.expected_steps = expected_steps   # for the progress bar's ETA when the data length is known
         if self.checkpoint and self.checkpoint.exists():
             self._load_checkpoint(self.checkpoint)
 
@@ -161,7 +162,7 @@ class Trainer:
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
-            bar = tqdm(total=self.cfg.max_steps or None, initial=self.step, desc="train SAE", unit="step")
+            bar = tqdm(total=self.cfg.max_steps or self.expected_steps, initial=self.step, desc="train SAE", unit="step")
         window: list[dict] = []
         try:
             for x in it:

@@ -52,9 +52,10 @@ def train_saes(cmd: TrainCommandConfig, train: TrainConfig, progress: bool = Tru
         d = shards.read(next(s for s in shards.shards if s["counts"].get(key)), key)["acts"].shape[1]
         sae_cfg = SaeConfig(d_in=d, expansion_factor=cmd.expansion_factor, k=cmd.k, latent_bias=cmd.latent_bias)
         safe = key.replace("|", "_").replace("=", "")
+        expected = -(-shards.vectors(key) // (world * cmd.batch_size)) * cmd.epochs
         trainer = Trainer(sae_cfg, train, checkpoint=checkpoint_dir(out) / f"{safe}.ckpt",
                           log_path=checkpoint_dir(out) / f"{safe}.log.jsonl", device=device,
-                          progress=progress and rank == 0)
+                          progress=progress and rank == 0, expected_steps=expected)
         if progress and rank == 0:
             print(f"training {key}: d={d} n_f={sae_cfg.n_latents} k={sae_cfg.k}, "
                   f"{shards.vectors(key)} vectors")
