@@ -14,8 +14,9 @@ def cmd_demo(a) -> int:
     print("SYNTHETIC DEMO: planted concepts laid out in space, not a diffusion model (see README)")
     print(format_table(summary["metrics"]))
     print(format_truth(summary["truth"]))
-    if summary["comfyui_smoke"]:
-        print(f"ComfyUI collection smoke run: {summary['comfyui_smoke']['vectors']}")
+    smoke = summary["comfyui_smoke"]
+    if smoke and "vectors" in smoke:
+        print(f"ComfyUI collection smoke run: {smoke['vectors']}")
     print(f"report: {Path(a.out) / 'report' / 'index.html'}")
     ok = all(r["recovered"] >= 0.9 and r["labels_right"] >= 0.9 for r in summary["truth"])
     print("all planted concepts recovered and labelled" if ok else "WARNING: some planted concepts were missed")

@@ -148,7 +148,9 @@ def render_html(rows, plots, sections, note, truth, smoke) -> str:
             f"<tr><td>{r['block']}</td><td>{r['t']}</td><td>{r['cond']}</td><td>{r['recovered']:.0%}</td>"
             f"<td>{r['labels_right']:.0%}</td></tr>" for r in truth) + "</table>"
     smoke_html = ""
-    if smoke:
+    if smoke and "skipped" in smoke:
+        smoke_html = f"<h2>ComfyUI collection (smoke run)</h2><p>Skipped: {html.escape(smoke['skipped'])}.</p>"
+    elif smoke:
         smoke_html = (f"<h2>ComfyUI collection (smoke run)</h2><p>Collected for real through ComfyUI from a "
                       f"{html.escape(smoke['checkpoint'])}: {html.escape(json.dumps(smoke['vectors']))} vectors in "
                       f"{html.escape(smoke['folder'])}. Random weights hold no concepts; this only shows the real "
