@@ -40,6 +40,7 @@ def plot_metrics(rows: list[dict], out: Path) -> list[str]:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{block} {cond}",
                         linestyle="-" if cond == "cond" else "--")
         ax.set_xlabel("t (1.0 = first step, pure noise)")
+        ax.ticklabel_format(axis="y", useOffset=False)
         ax.set_title(title, fontsize=9)
         ax.invert_xaxis()
         ax.legend(fontsize=5)
