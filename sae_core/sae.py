@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from .config import SaeConfig
-from .sparse_ops import sparse_decode, topk_encode
+from .sparse_ops import sparse_decode, sparse_decode_nonzero, topk_encode
 
 
 class SparseCode(NamedTuple):
@@ -112,7 +112,7 @@ class TopKSAE(nn.Module):
             # Gao et al. and sparsify: only dead latents that would fire get pushed; without
             # it (tried) negative ones are pushed further down and fewer come back.
             e = residual.detach()
-            e_hat = sparse_decode(aux_values.relu(), aux_indices, self.W_dec)
+            e_hat = sparse_decode_nonzero(aux_values.relu(), aux_indices, self.W_dec)
             auxk = (e_hat - e).pow(2).sum() / (e - e.mean(0)).pow(2).sum().clamp_min(1e-12)
         else:
             auxk = xn.new_zeros(())

@@ -24,6 +24,15 @@ def sparse_decode(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tens
     return F.embedding_bag(indices, W_dec, per_sample_weights=values, mode="sum")
 
 
+def sparse_decode_nonzero(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
+    """As sparse_decode, but entries whose value is 0 cost nothing (variable-length bags). For
+    AuxK, where ReLU zeroes many of the k_aux values and the rest of the work would be wasted."""
+    keep = values != 0
+    offsets = torch.zeros(values.shape[0], dtype=torch.int64, device=values.device)
+    offsets[1:] = torch.cumsum(keep.sum(1), 0)[:-1]
+    return F.embedding_bag(indices[keep], W_dec, offsets, per_sample_weights=values[keep], mode="sum")
+
+
 def _scatter_rows(indices: torch.Tensor, weights: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
     """out[i] = sum over (b, j) with indices[b, j] == i of weights[b, j] * rows[b].
 
@@ -31,12 +40,14 @@ def _scatter_rows(indices: torch.Tensor, weights: torch.Tensor, rows: torch.Tens
     product so the cost is N * k * d, not n * N * d.
     """
     N, k = indices.shape
-    flat_idx = indices.reshape(-1)
+    keep = (weights != 0).reshape(-1)   # zero gradients (ReLU'd AuxK entries) add nothing
+    flat_idx = indices.reshape(-1)[keep]
+    row_of = torch.arange(N, device=indices.device).repeat_interleave(k)[keep]
     order = torch.argsort(flat_idx, stable=True)
-    cols = torch.arange(N, device=indices.device).repeat_interleave(k)[order]
+    cols = row_of[order]
     crow = torch.zeros(n + 1, dtype=torch.int64, device=indices.device)
     crow[1:] = torch.cumsum(torch.bincount(flat_idx, minlength=n), 0)
-    S = torch.sparse_csr_tensor(crow, cols, weights.reshape(-1)[order], size=(n, N), check_invariants=False)
+    S = torch.sparse_csr_tensor(crow, cols, weights.reshape(-1)[keep][order], size=(n, N), check_invariants=False)
     return torch.sparse.mm(S, rows)
 
 
@@ -75,7 +86,7 @@ class _TopKEncode(torch.autograd.Function):
             idx, grad = indices, grad_values
         grad_x = grad_W = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = sparse_decode(grad, idx, W_enc)
+            grad_x = sparse_decode_nonzero(grad, idx, W_enc) if aux_indices.shape[1] else sparse_decode(grad, idx, W_enc)
         if ctx.needs_input_grad[1]:
             grad_W = _scatter_rows(idx, grad, x_centered, ctx.n_latents)
         if ctx.needs_input_grad[2]:
