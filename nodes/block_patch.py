@@ -86,11 +86,6 @@ class PatchedSpatialTransformer(SpatialTransformer):
         return out + change.to(out.dtype)
 
 
-def block_channels(model, block: str) -> int:
-    from .model_blocks import resolve_block, transformer_blocks
-    return transformer_blocks(model)[resolve_block(model, block)]
-
-
 def patch_block(model, block: str, edit: BlockEdit):
     """A clone of `model` whose block `block` runs `edit` after the original (or earlier patch)."""
     from .model_blocks import resolve_block

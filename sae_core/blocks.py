@@ -47,6 +47,3 @@ def canonical_block(name: str) -> str:
         + ", ".join(f"{c} = {d}" for c, (d, _) in SD1_BLOCKS.items())
     )
 
-
-def diffusers_name(comfy_path: str) -> str:
-    return SD1_BLOCKS[canonical_block(comfy_path)][0]

@@ -67,11 +67,6 @@ class TopKSAE(nn.Module):
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         return x / self.input_scale
 
-    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
-        """Dense [N, n_f] pre-activations (before ReLU/TopK); for inspection, not training."""
-        xc = self.normalise(x.to(self.W_dec.dtype)) - self.b_pre
-        return torch.addmm(self.latent_bias, xc, self.encoder_weight.t())
-
     def encode(self, x: torch.Tensor) -> SparseCode:
         """x [N, d] -> its k active latents (values are in normalised units)."""
         self._check_input(x)

@@ -7,14 +7,14 @@ from sae_concepts.sae_core import PAPER_BLOCKS, SAEEntry, SAEInfo, SAESet, SaeCo
 
 def test_paper_blocks_accept_full_size_saes(comfy):
     import comfy.sample
-    from sae_concepts.nodes.block_patch import block_channels
+    from sae_concepts.nodes.model_blocks import transformer_blocks
     from sae_concepts.nodes.concept_map_preview import ConceptMapPreview
     from sae_concepts.nodes.global_style_steer import GlobalStyleSteer
     from sae_concepts.nodes.spatial_concept_steer import SpatialConceptSteer
     from sae_concepts.training.comfy_host import build_random_sd1
 
     model = build_random_sd1(tiny=False, seed=0)
-    assert [block_channels(model, b) for b in PAPER_BLOCKS] == [1280, 1280, 1280]
+    assert [transformer_blocks(model)[b] for b in PAPER_BLOCKS] == [1280, 1280, 1280]
     entries = []
     for i, block in enumerate(PAPER_BLOCKS):
         sae = TopKSAE(SaeConfig(d_in=1280, n_latents=5120, k=10))
