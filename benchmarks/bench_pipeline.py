@@ -30,12 +30,13 @@ def bench_collect(repeats: int, size: int) -> None:
     import comfy.sample
     from sae_concepts.nodes.block_patch import patch_block
     from sae_concepts.sae_core import PAPER_BLOCKS
-    from sae_concepts.training.collect import CollectConfig, TimestepRecorder, bucket_sigmas
+    from sae_concepts.nodes.block_patch import TimestepRecorder
+    from sae_concepts.training.collect import CollectConfig, bucket_sigmas
 
     model = build_random_sd1(tiny=False)
     steps = 6
     targets, _ = bucket_sigmas(model, CollectConfig(steps=steps), [1.0, 0.5, 0.0])
-    recorders = [TimestepRecorder(targets) for _ in PAPER_BLOCKS]
+    recorders = [TimestepRecorder(targets, torch.float16) for _ in PAPER_BLOCKS]
     captured = model
     for block, rec in zip(PAPER_BLOCKS, recorders):
         captured = patch_block(captured, block, rec)

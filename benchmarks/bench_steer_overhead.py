@@ -30,7 +30,7 @@ def main(argv=None) -> None:
     import_comfy(extra_sys_paths=() if conftest._torchvision_works() else (conftest.PLACEHOLDER,))
     import comfy.sample
     from sae_concepts.nodes.block_patch import patch_block
-    from sae_concepts.nodes.concept_map_preview import CaptureDelta
+    from sae_concepts.nodes.block_patch import TimestepRecorder
     from sae_concepts.nodes.spatial_concept_steer import SpatialConceptSteer
     from sae_concepts.nodes.global_style_steer import GlobalStyleSteer
     from sae_concepts.sae_core import SAEEntry, SAEInfo, SAESet, SaeConfig, TopKSAE
@@ -44,7 +44,6 @@ def main(argv=None) -> None:
         "unsteered": model,
         "spatial steer": SpatialConceptSteer.execute(model, s, "17, 40", mask, 4000.0, a.block, 0.0, 1.0, "both").result[0],
         "global steer": GlobalStyleSteer.execute(model, s, "17", 10.0, a.block, 0.0, 1.0, "both").result[0],
-        "capture (ConceptMapPreview)": patch_block(model, a.block, CaptureDelta(float("nan"))),
     }
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(1, 4, a.size, a.size, generator=g)
@@ -53,13 +52,15 @@ def main(argv=None) -> None:
     lat = torch.zeros(1, 4, a.size, a.size)
 
     def run(m):
+        capture.reset()   # so every run records, as the node does once per execution
         comfy.sample.sample(m, noise, 1, 7.5, "ddim", "normal", pos, neg, lat, disable_pbar=True, seed=0)
 
     # The capture edit compares sigmas on every call; give it the real first-step sigma so it
     # also does its copy, as in the node.
     import comfy.samplers
     first_sigma = float(comfy.samplers.KSampler(model, 1, model.load_device, "ddim", "normal").sigmas[0])
-    variants["capture (ConceptMapPreview)"] = patch_block(model, a.block, CaptureDelta(first_sigma))
+    capture = TimestepRecorder({first_sigma: first_sigma})
+    variants["capture (ConceptMapPreview)"] = patch_block(model, a.block, capture)
     for m in variants.values():
         run(m)  # warm-up: model load, first-call allocations
     times = {k: [] for k in variants}

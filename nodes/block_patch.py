@@ -96,6 +96,28 @@ def patch_block(model, block: str, edit: BlockEdit):
     return m
 
 
+class TimestepRecorder:
+    """BlockEdit that changes nothing and keeps Delta of the first call at each target sigma,
+    per row kind: {(t, "cond" | "uncond"): [rows, C, H, W]} in `seen`, on the CPU."""
+
+    def __init__(self, targets: dict[float, float], dtype=torch.float32):
+        self.targets = targets            # t bucket -> sigma
+        self.dtype = dtype
+        self.seen: dict[tuple[float, str], torch.Tensor] = {}
+
+    def reset(self):
+        self.seen = {}
+
+    def __call__(self, delta, call: BlockCall):
+        for t, sigma in self.targets.items():
+            hit = (call.sigmas.float().cpu() - sigma).abs() <= 1e-4 * max(1.0, abs(sigma))
+            for kind in ("cond", "uncond"):
+                rows = [i for i, k in enumerate(call.row_kinds) if k == kind and hit[i]]
+                if rows and (t, kind) not in self.seen:
+                    self.seen[(t, kind)] = delta[rows].detach().to("cpu", self.dtype)
+        return None
+
+
 def sigma_to_t(model_sampling, sigma: float) -> float | None:
     """The paper's diffusion time t in [0, 1] (1.0 = pure noise) for a sigma, i.e. 1 - percent."""
     try:

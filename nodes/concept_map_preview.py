@@ -17,28 +17,10 @@ from comfy_api.latest import io, ui
 from ..sae_core.concept_render import colour_map, normalised_map
 from ..sae_core.interventions import concept_map, top_concepts
 from ..sae_core.sae_set import select_entry
-from .block_patch import BlockCall, patch_block, sigma_to_t
+from .block_patch import TimestepRecorder, patch_block, sigma_to_t
 from .sae_type import SAE
 from .steering import parse_concept, sae_groups
 from .window_inputs import block_input
-
-
-class CaptureDelta:
-    """BlockEdit that records Delta of the cond rows at the first call with the target sigma."""
-
-    def __init__(self, target_sigma: float):
-        self.target = target_sigma
-        self.delta: torch.Tensor | None = None
-
-    def __call__(self, delta: torch.Tensor, call: BlockCall):
-        if self.delta is None:
-            s = call.sigmas.float().cpu()
-            hit = (s - self.target).abs() <= 1e-4 * max(1.0, abs(self.target))
-            if bool(hit.any()):
-                rows = [i for i, k in enumerate(call.row_kinds) if k == "cond" and hit[i]] or \
-                       [int(hit.nonzero()[0])]
-                self.delta = delta[rows].detach().float().cpu()
-        return None
 
 
 def latent_rgb(model, x0: torch.Tensor, out_hw) -> torch.Tensor:
@@ -106,7 +88,7 @@ class ConceptMapPreview(io.ComfyNode):
         n_steps = len(probe.sigmas) - 1
         idx = min(int(round(at_percent * n_steps)), n_steps - 1)
         target = float(probe.sigmas[idx])
-        capture = CaptureDelta(target)
+        capture = TimestepRecorder({target: target})
         patched = patch_block(model, block, capture)
         x0_at = {}
         progress = latent_preview.prepare_callback(patched, idx + 1)
@@ -118,7 +100,8 @@ class ConceptMapPreview(io.ComfyNode):
         comfy.sample.sample(patched, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent,
                             last_step=idx + 1, force_full_denoise=False, callback=callback,
                             disable_pbar=True, seed=seed, noise_mask=latent_image.get("noise_mask"))
-        if capture.delta is None:
+        delta = capture.seen.get((target, "cond"), capture.seen.get((target, "uncond")))
+        if delta is None:
             raise RuntimeError(f"ConceptMapPreview: block {block} was not called at sigma {target:.4f}; "
                                f"is it part of this model's U-Net?")
         t = sigma_to_t(model.get_model_object("model_sampling"), target)
@@ -126,7 +109,7 @@ class ConceptMapPreview(io.ComfyNode):
         sae_model = entry.sae
         concepts = (sae.dictionary.for_sae(entry.info.block or entry.info.block_diffusers, entry.info.t, entry.info.cond)
                     if sae.dictionary else None)
-        B, C, h, w = capture.delta.shape
+        B, C, h, w = delta.shape
         out_hw = (latent.shape[-2] * 8, latent.shape[-1] * 8)
         preview = latent_rgb(model, x0_at["x0"], out_hw) if overlay and "x0" in x0_at else None
         images, masks, lines = [], [], []
@@ -138,7 +121,7 @@ class ConceptMapPreview(io.ComfyNode):
             if not ids:
                 raise ValueError(f"ConceptMapPreview: no concept at {block} is labelled {words}")
         for b in range(B):
-            rows = capture.delta[b].reshape(C, h * w).t()
+            rows = delta[b].reshape(C, h * w).t()
             with torch.no_grad():
                 top_ids, strength = top_concepts(sae_model, rows)
                 img = colour_map(top_ids.reshape(h, w), strength.reshape(h, w), out_hw)

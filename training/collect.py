@@ -79,26 +79,6 @@ def check_family(model, name: str) -> str:
     return fam
 
 
-class TimestepRecorder:
-    """BlockEdit: keeps Delta of the first call at each target sigma, per row kind."""
-
-    def __init__(self, targets: dict[float, float]):
-        self.targets = targets            # t bucket -> sigma
-        self.seen: dict[tuple[float, str], torch.Tensor] = {}
-
-    def reset(self):
-        self.seen = {}
-
-    def __call__(self, delta, call):
-        for t, sigma in self.targets.items():
-            hit = (call.sigmas.float().cpu() - sigma).abs() <= 1e-4 * max(1.0, sigma)
-            for kind in ("cond", "uncond"):
-                rows = [i for i, k in enumerate(call.row_kinds) if k == kind and hit[i]]
-                if rows and (t, kind) not in self.seen:
-                    self.seen[(t, kind)] = delta[rows].detach().to("cpu", torch.float16)
-        return None
-
-
 def bucket_sigmas(model, cfg: CollectConfig, timesteps: list[float]) -> tuple[dict[float, float], dict[float, int]]:
     """t bucket -> (sigma, step index) of the sampling step whose t is nearest."""
     import comfy.samplers
@@ -139,7 +119,7 @@ def run_config(cfg: CollectConfig, n_prompts: int, family: str) -> dict:
 def collect(cfg: CollectConfig, model=None, clip=None, vae=None, prompts: list[str] | None = None,
             rank: int = 0, world: int = 1, progress: bool = True) -> Path:
     import comfy.sample
-    from ..nodes.block_patch import patch_block
+    from ..nodes.block_patch import TimestepRecorder, patch_block
 
     prompts = prompts if prompts is not None else read_prompts(cfg.prompts)
     if cfg.limit:
@@ -160,7 +140,7 @@ def collect(cfg: CollectConfig, model=None, clip=None, vae=None, prompts: list[s
     out = Path(cfg.out)
     writer = ShardWriter(out, rank, run_config=run_config(cfg, len(prompts), family))
     targets, step_index = bucket_sigmas(model, cfg, timesteps)
-    recorders = {b: TimestepRecorder(targets) for b in blocks}
+    recorders = {b: TimestepRecorder(targets, torch.float16) for b in blocks}
     patched = model
     for b in blocks:
         patched = patch_block(patched, b, recorders[b])
