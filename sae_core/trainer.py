@@ -53,6 +53,22 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
+def _while_every_rank_has_data(it, device):
+    """Under torch.distributed, stop every rank as soon as one runs out of batches: ranks read
+    different shards and may hold different numbers of batches, and a rank that stopped alone
+    would leave the others waiting forever in the gradient all-reduce."""
+    if _world() == 1:
+        yield from it
+        return
+    while True:
+        x = next(it, None)
+        flag = torch.tensor([0 if x is None else 1], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        if int(flag) == 0:
+            return
+        yield x
+
+
 class Trainer:
     """Adam + unit-norm decoder + AuxK. One batch from the iterator is one step.
 
@@ -155,7 +171,7 @@ class Trainer:
     def fit(self, batches: Iterable[torch.Tensor], on_log: Callable[[dict], None] | None = None) -> TopKSAE:
         if self.finished:  # resumed after the run had completed: nothing to replay
             return self.sae
-        it = iter(batches)
+        it = _while_every_rank_has_data(iter(batches), self.device)
         for _ in range(self.step):  # replay: skip what the checkpoint already consumed
             if next(it, None) is None:
                 raise TrainingError(f"resuming at step {self.step}, but the data ended after fewer batches")

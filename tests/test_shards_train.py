@@ -1,5 +1,6 @@
 """Shards: atomic writing, resume bookkeeping, corruption errors, streaming with bounded memory;
 the train command end to end on planted data."""
+import os
 import subprocess
 import sys
 import textwrap
@@ -112,3 +113,35 @@ def test_streaming_peak_memory_does_not_grow_with_data(tmp_path):
         peaks[n_shards] = kb
     data_mb = 60 * 4096 * 256 * 2 / 2**20    # 120 MiB of fp16 on disk for the large set
     assert peaks[60] - peaks[10] < 0.1 * data_mb * 1024, peaks
+
+
+DDP = textwrap.dedent("""
+    import os, sys, torch, torch.distributed as dist
+    from sae_concepts.sae_core import TrainConfig
+    from sae_concepts.training.train import TrainCommandConfig, train_saes
+    dist.init_process_group("gloo")
+    torch.set_num_threads(1)
+    entries = train_saes(TrainCommandConfig(shards=sys.argv[1], out=sys.argv[2], k=3, batch_size=256,
+                                            shuffle_window=1024), TrainConfig(lr=1e-3, checkpoint_every=0),
+                         progress=False)
+    torch.save(entries[0].sae.state_dict(), sys.argv[3] + f"_{dist.get_rank()}.pt")
+    dist.destroy_process_group()
+""")
+
+
+def test_data_parallel_training_with_two_gloo_ranks_and_unequal_shards(tmp_path):
+    """torchrun-style DDP on CPU: 3 shards split 2 / 1 between the ranks, so one rank has twice the
+    batches; training must stop together (no hang) with identical weights on both ranks."""
+    write_planted(tmp_path / "acts", n_shards=3, per_shard=1024, d=16)
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+           str(script), str(tmp_path / "acts"), str(tmp_path / "set.safetensors"), str(tmp_path / "w")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    w0, w1 = (torch.load(tmp_path / f"w_{i}.pt", weights_only=True) for i in (0, 1))
+    for name in w0:
+        assert torch.equal(w0[name], w1[name]), name
+    info = load_sae(tmp_path / "set.safetensors").entries[0].info
+    assert info.training["steps"] == 4   # the smaller rank's 1024 vectors / 256 per batch
+    assert info.training["vectors_seen"] == 2 * 4 * 256
