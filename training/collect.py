@@ -168,6 +168,11 @@ def collect(cfg: CollectConfig, model=None, clip=None, vae=None, prompts: list[s
                 r.reset()
             latent = comfy.sample.sample(patched, noise, cfg.steps, cfg.cfg, cfg.sampler, cfg.scheduler, positive,
                                          neg, torch.zeros_like(noise), disable_pbar=True, seed=cfg.seed + ids[0])
+            missing = [f"{b}@t={t:g}" for b, rec in recorders.items() for t in timesteps
+                       if not any(seen_t == t for seen_t, _ in rec.seen)]
+            if missing:
+                raise CollectError(f"no activations were recorded for {missing}: the sampler never evaluated "
+                                   f"those steps (sampler {cfg.sampler}, scheduler {cfg.scheduler})")
             for b, rec in recorders.items():
                 for (t, kind), delta in rec.seen.items():
                     _, C, H, W = delta.shape
@@ -189,11 +194,6 @@ def collect(cfg: CollectConfig, model=None, clip=None, vae=None, prompts: list[s
                     save_png(out / "images" / f"{pid:06d}.png", images[j])
             if bar is not None:
                 bar.update(len(ids))
-        missing = [f"{b}@t={t:g}" for b in blocks for t in timesteps if not any(
-            k.startswith(f"{b}|t={t:g}|") for k in (p[: -len("/acts")] for p in parts if p.endswith("/acts")))]
-        if missing:
-            raise CollectError(f"no activations were recorded for {missing}: the sampler never evaluated "
-                               f"those steps (sampler {cfg.sampler}, scheduler {cfg.scheduler})")
         tensors = {k: torch.cat(v) for k, v in parts.items()}
         writer.write(shard_index, tensors, {
             "prompt_ids": chunk, "prompts": [prompts[i] for i in chunk], "seeds": [cfg.seed + i for i in chunk],
