@@ -66,11 +66,25 @@ def cmd_train(a) -> int:
 def cmd_dictionary(a) -> int:
     from .dataclass_cli import dataclass_from_args
     from .dictionary import DictionaryConfig, build_dictionary
+    from .segment import SegmentConfig
     cfg = dataclass_from_args(DictionaryConfig, a)
-    d = build_dictionary(cfg, progress=not a.quiet)
+    d = build_dictionary(cfg, progress=not a.quiet, segment=dataclass_from_args(SegmentConfig, a))
     for e in d.entries:
         print(f"{e.block} t={e.t} {e.cond}: {len(e.concepts)} labelled concepts")
     print(f"dictionary: {cfg.out}")
+    return 0
+
+
+def cmd_segment(a) -> int:
+    from .dataclass_cli import dataclass_from_args
+    from .segment import DONE_FILE, SegmentConfig, segment_images
+    if not a.shards:
+        raise ValueError("segment needs --shards (a folder from `sae-concepts collect` with its images)")
+    masks = segment_images(a.shards, a.masks or str(Path(a.shards) / "masks"),
+                           dataclass_from_args(SegmentConfig, a), progress=not a.quiet)
+    done = list(masks.glob(f"*/{DONE_FILE}"))
+    n_masks = len(list(masks.glob("*/*.png")))
+    print(f"masks: {masks} ({len(done)} images, {n_masks} object masks)")
     return 0
 
 
@@ -126,9 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
     from .dictionary import DictionaryConfig
     from .evaluate import EvaluateConfig
     dc = sub.add_parser("dictionary", help="label concepts with the objects their activation maps cover")
+    from .segment import SegmentConfig
     add_dataclass_args(dc, DictionaryConfig)
+    add_dataclass_args(dc, SegmentConfig)
     dc.add_argument("--quiet", action="store_true", help="no progress bars")
     dc.set_defaults(func=cmd_dictionary)
+    sg = sub.add_parser("segment", help="object masks for collected images: tags -> Grounding DINO -> SAM")
+    sg.add_argument("--shards", default="", help="collection folder (with images/)")
+    sg.add_argument("--masks", default="", help="masks folder to write (default: <shards>/masks)")
+    add_dataclass_args(sg, SegmentConfig)
+    sg.add_argument("--quiet", action="store_true", help="no progress bars")
+    sg.set_defaults(func=cmd_segment)
     ev = sub.add_parser("evaluate", help="FVU, L0, dead fraction, dictionary quality, composition IoU")
     add_dataclass_args(ev, EvaluateConfig)
     ev.set_defaults(func=cmd_evaluate)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from ..sae_core import load_sae
 from ..sae_core.concept_dictionary import ConceptDictionary, SAEConcepts
 from .masks import image_masks
+from .segment import SegmentConfig, segment_images
 from .shards import ShardSet, activation_key
 
 
@@ -26,7 +27,8 @@ from .shards import ShardSet, activation_key
 class DictionaryConfig:
     shards: str = field(default="", metadata={"help": "held-out collection folder (all positions kept)"})
     sae: str = field(default="", metadata={"help": "SAE set file"})
-    masks: str = field(default="", metadata={"help": "masks folder: <id>/<label>.png per image"})
+    masks: str = field(default="", metadata={"help": "masks folder: <id>/<label>.png per image (made by the "
+                                                      "segmenter when its weights are given)"})
     out: str = field(default="concept_dictionary.json", metadata={"help": "dictionary file to write"})
     threshold: float = field(default=0.1, metadata={"help": "activation threshold after [0, 1] normalisation"})
     iou: float = field(default=0.5, metadata={"help": "IoU above which a mask's label is given"})
@@ -79,11 +81,18 @@ def iou_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / union.clamp_min(1)
 
 
-def build_dictionary(cfg: DictionaryConfig, progress: bool = True) -> ConceptDictionary:
+def build_dictionary(cfg: DictionaryConfig, progress: bool = True,
+                     segment: SegmentConfig | None = None) -> ConceptDictionary:
+    """With segmenter weights in `segment`, masks are made first (into --masks, default
+    <shards>/masks); otherwise --masks must hold the user's own."""
     shards = ShardSet.open(cfg.shards)
     sae_set = load_sae(cfg.sae)
+    if segment is not None and segment.enabled():
+        cfg.masks = str(segment_images(cfg.shards, cfg.masks or str(Path(cfg.shards) / "masks"), segment,
+                                       progress=progress))
     if not cfg.masks or not Path(cfg.masks).is_dir():
-        raise ValueError(f"masks folder {cfg.masks!r} not found: give --masks <folder>/<id>/<label>.png")
+        raise ValueError(f"masks folder {cfg.masks!r} not found: give --masks <folder>/<id>/<label>.png, "
+                         f"or --grounding-dino and --sam weight folders to make them")
     entries = []
     for e in sae_set:
         key = activation_key(e.info.block, e.info.t if e.info.t is not None else 1.0, e.info.cond)
