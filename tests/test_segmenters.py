@@ -9,14 +9,22 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from sae_concepts.training.segmenters import Detection, SegmenterError, grounded_detections, tag_token_spans
-from sae_concepts.training.tags import TagVocabularyError, load_vocabulary, prompt_nouns, singular_forms
+from sae_concepts.training.segmenters import (
+    Detection,
+    SegmenterError,
+    grounded_detections,
+    tag_token_spans,
+)
+from sae_concepts.training.tags import (
+    TagVocabularyError,
+    load_vocabulary,
+    prompt_nouns,
+    singular_forms,
+)
 
 transformers = pytest.importorskip("transformers", reason="NO TRANSFORMERS: segmenter adapter tests need it "
                                                           "(pip install -e '.[segment]')")
-import tiny_hf_models  # noqa: E402
-
+import tiny_hf_models
 
 # ---------------------------------------------------------------- tags
 
@@ -82,9 +90,8 @@ def picture(h=48, w=80, seed=0):
 
 def test_grounding_dino_adapter_against_transformers_postprocessing(models):
     """Same queries and boxes as transformers' own post-processing; labels from the tags' own token ids."""
-    from transformers import AutoProcessor, GroundingDinoForObjectDetection
-
     from sae_concepts.training.segmenters import GroundingDino
+    from transformers import AutoProcessor, GroundingDinoForObjectDetection
     image, tags = picture(), ["dog", "hot air balloon", "cat"]
     model = GroundingDinoForObjectDetection.from_pretrained(str(models["gd"])).eval()
     proc = AutoProcessor.from_pretrained(str(models["gd"]))
@@ -116,9 +123,8 @@ def test_grounding_dino_adapter_against_transformers_postprocessing(models):
 
 def test_sam_adapter_against_manual_box_scaling_and_upsampling(models):
     """Boxes given in image pixels reach SAM scaled to its input; masks come back at the image's size."""
-    from transformers import AutoProcessor, SamModel
-
     from sae_concepts.training.segmenters import Sam
+    from transformers import AutoProcessor, SamModel
     image = picture()
     boxes = [(10.0, 5.0, 40.0, 30.0), (0.0, 0.0, 80.0, 48.0), (50.0, 10.0, 78.0, 46.0),
              (5.0, 20.0, 30.0, 47.0), (20.0, 2.0, 60.0, 20.0)]
@@ -273,3 +279,39 @@ def test_dictionary_cli_runs_the_segmenter_first(tmp_path, models, collection, c
                      "--grounding-dino", str(tmp_path / "nope"), "--sam", str(models["sam"])]) == 2
     assert "nope" in capsys.readouterr().err
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+def test_original_sam_checkpoint_converts_to_the_same_model(tmp_path):
+    """An original-format SAM file (segment_anything's own classes, random weights) loads as a
+    SamModel that computes the same image embeddings and low-res masks."""
+    if tiny_hf_models.segment_anything_modeling() is None:
+        pytest.skip("NO SEGMENT-ANYTHING: pip install segment-anything==1.0 to test original SAM files")
+    from sae_concepts.training.segmenters import Sam
+    original = tiny_hf_models.original_sam()
+    path = tmp_path / "sam_vit_tiny.pth"
+    torch.save(original.state_dict(), path)
+    adapter = Sam(str(path), "cpu")
+    vc = adapter.model.config.vision_config
+    assert (vc.hidden_size, vc.num_hidden_layers, vc.num_attention_heads, vc.global_attn_indexes, vc.window_size,
+            vc.image_size, vc.patch_size) == (32, 3, 2, [1], 4, 64, 8)
+    image = picture()
+    boxes = [(10.0, 5.0, 40.0, 30.0), (50.0, 10.0, 78.0, 46.0)]
+    enc = adapter.processor(images=image, input_boxes=[[list(b) for b in boxes]], return_tensors="pt")
+    with torch.no_grad():
+        ours_emb = adapter.model.get_image_embeddings(enc["pixel_values"])
+        ref_emb = original.image_encoder(enc["pixel_values"])
+        assert torch.allclose(ours_emb, ref_emb, atol=1e-5)
+        sparse, dense = original.prompt_encoder(points=None, boxes=enc["input_boxes"][0].float(), masks=None)
+        ref_low, _ = original.mask_decoder(image_embeddings=ref_emb, image_pe=original.prompt_encoder.get_dense_pe(),
+                                           sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                           multimask_output=False)
+        ours_low = adapter.model(image_embeddings=ours_emb, input_boxes=enc["input_boxes"].float(),
+                                 multimask_output=False).pred_masks[0]
+    assert ref_low.abs().max() > 1e-3
+    assert torch.allclose(ours_low, ref_low, atol=1e-4 * float(ref_low.abs().max()) + 1e-6)
+    assert adapter.masks(image, boxes).shape == (2, 48, 80)
+    # Not a SAM file: refused with its name.
+    other = tmp_path / "other.pth"
+    torch.save({"weight": torch.zeros(2)}, other)
+    with pytest.raises(SegmenterError, match="other.pth.*not an original-format SAM"):
+        Sam(str(other))

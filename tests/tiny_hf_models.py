@@ -24,8 +24,14 @@ def bert_vocab() -> list[str]:
 
 
 def grounding_dino(folder: Path, seed: int = 0) -> Path:
-    from transformers import (BertConfig, BertTokenizerFast, GroundingDinoConfig, GroundingDinoForObjectDetection,
-                              GroundingDinoProcessor, SwinConfig)
+    from transformers import (
+        BertConfig,
+        BertTokenizerFast,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
     from transformers.models.grounding_dino import GroundingDinoImageProcessor
     folder.mkdir(parents=True, exist_ok=True)
     vocab = bert_vocab()
@@ -46,8 +52,14 @@ def grounding_dino(folder: Path, seed: int = 0) -> Path:
 
 
 def sam(folder: Path, seed: int = 0) -> Path:
-    from transformers import (SamConfig, SamMaskDecoderConfig, SamModel, SamProcessor, SamPromptEncoderConfig,
-                              SamVisionConfig)
+    from transformers import (
+        SamConfig,
+        SamMaskDecoderConfig,
+        SamModel,
+        SamProcessor,
+        SamPromptEncoderConfig,
+        SamVisionConfig,
+    )
     from transformers.models.sam import SamImageProcessor
     torch.manual_seed(seed)
     config = SamConfig(
@@ -89,7 +101,14 @@ def clip_bpe_files(folder: Path) -> None:
 
 
 def clip(folder: Path, seed: int = 0) -> Path:
-    from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTextConfig, CLIPTokenizer, CLIPVisionConfig
+    from transformers import (
+        CLIPConfig,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTextConfig,
+        CLIPTokenizer,
+        CLIPVisionConfig,
+    )
     from transformers.models.clip import CLIPImageProcessor
     clip_bpe_files(folder)
     tokenizer = CLIPTokenizer.from_pretrained(str(folder))
@@ -105,3 +124,44 @@ def clip(folder: Path, seed: int = 0) -> Path:
     image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
     return folder
+
+
+def segment_anything_modeling():
+    """segment_anything.modeling (the original SAM classes), or None when not installed.
+
+    Its package __init__ imports torchvision helpers (for the automatic mask generator and the
+    predictor's PIL resize) that the model classes never use, so the package module is created
+    without running it, and only the modeling subpackage is imported for real."""
+    import importlib
+    import importlib.util
+    import sys
+    spec = importlib.util.find_spec("segment_anything")
+    if spec is None:
+        return None
+    if "segment_anything" not in sys.modules:
+        sys.modules["segment_anything"] = importlib.util.module_from_spec(spec)
+    return importlib.import_module("segment_anything.modeling")
+
+
+def original_sam(seed: int = 0):
+    """A tiny segment_anything Sam (the original class) with random weights, built as
+    build_sam._build_sam builds the real ones, at a smaller size."""
+    from functools import partial
+    m = segment_anything_modeling()
+    torch.manual_seed(seed)
+    sam = m.Sam(
+        image_encoder=m.ImageEncoderViT(depth=3, embed_dim=32, img_size=64, mlp_ratio=2, num_heads=2, patch_size=8,
+                                        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), qkv_bias=True,
+                                        use_rel_pos=True, global_attn_indexes=[1], window_size=4, out_chans=16),
+        prompt_encoder=m.PromptEncoder(embed_dim=16, image_embedding_size=(8, 8), input_image_size=(64, 64),
+                                       mask_in_chans=8),
+        mask_decoder=m.MaskDecoder(num_multimask_outputs=3, transformer_dim=16, iou_head_depth=3,
+                                   iou_head_hidden_dim=24,
+                                   transformer=m.TwoWayTransformer(depth=2, embedding_dim=16, mlp_dim=32, num_heads=8)),
+        pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375])
+    # Default init leaves layer norms at identity and relative-position tables at zero, where a
+    # mix-up of two of them could not show; perturb every parameter so each one matters.
+    with torch.no_grad():
+        for p in sam.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    return sam.eval()

@@ -59,7 +59,7 @@ def _load(kind: str, path: str, model_cls, processor_cls, model_type: str):
     try:
         model, info = model_cls.from_pretrained(str(p), local_files_only=True, output_loading_info=True)
         processor = processor_cls.from_pretrained(str(p), local_files_only=True)
-    except Exception as e:  # noqa: BLE001 -- transformers raises many kinds; the user needs the path
+    except Exception as e:  # transformers raises many kinds; the user needs the path
         raise SegmenterError(f"{kind} weights {p} cannot be loaded as {model_cls.__name__} "
                              f"({type(e).__name__}: {e})") from e
     bad = list(info.get("missing_keys") or []) + [str(k) for k in info.get("mismatched_keys") or []]
@@ -75,7 +75,7 @@ def tag_token_spans(offsets: list[tuple[int, int]], text: str, tags: list[str]) 
     for tag in tags:
         begin = text.index(tag, start)
         end = begin + len(tag)
-        spans.append([i for i, (a, b) in enumerate(offsets) if b > a and a >= begin and b <= end])
+        spans.append([i for i, (a, b) in enumerate(offsets) if b > a >= begin and b <= end])
         start = end
     return spans
 
@@ -144,12 +144,19 @@ class GroundingDino:
 
 
 class Sam:
-    """Box-prompted segmenter: image + boxes -> one mask per box at the image's size."""
+    """Box-prompted segmenter: image + boxes -> one mask per box at the image's size.
+
+    `path`: a transformers SamModel folder, or an original-format checkpoint file (.pth / .pt /
+    .safetensors, as segment_anything and ComfyUI's SAM nodes use)."""
 
     def __init__(self, path: str, device: str = "auto", boxes_per_pass: int = 16):
         from transformers import AutoProcessor, SamModel
         self.device = pick_device(device)
-        self.model, self.processor = _load("SAM", path, SamModel, AutoProcessor, "sam")
+        if Path(path).is_file():    # the original repository's checkpoint (sam_vit_h_4b8939.pth)
+            from .sam_checkpoint import load_original_sam
+            self.model, self.processor = load_original_sam(Path(path))
+        else:
+            self.model, self.processor = _load("SAM", path, SamModel, AutoProcessor, "sam")
         self.model.to(self.device)
         self.boxes_per_pass = boxes_per_pass
 
