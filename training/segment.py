@@ -28,10 +28,10 @@ DONE_FILE = "segment.json"
 @dataclass
 class SegmentConfig:
     grounding_dino: str = field(default="", metadata={"help": "local Grounding DINO folder (transformers format)"})
-    sam: str = field(default="", metadata={"help": "local SAM folder (transformers SamModel format)"})
+    sam: str = field(default="", metadata={"help": "local SAM folder (transformers SamModel) or original sam_vit_*.pth file"})
     tagger: str = field(default="prompt", metadata={"help": "tags per image: prompt (its nouns) or clip (RAM-style)"})
     clip: str = field(default="", metadata={"help": "local CLIPModel folder for --tagger clip"})
-    tag_vocabulary: str = field(default="", metadata={"help": "tag list, one per line (default: bundled object nouns)"})
+    tag_vocabulary: str = field(default="", metadata={"help": "tag list file, one per line (empty: the bundled object nouns)"})
     clip_top_k: int = field(default=5, metadata={"help": "clip tagger: most tags per image"})
     clip_min_score: float = field(default=0.2, metadata={"help": "clip tagger: cosine a tag must pass"})
     box_threshold: float = field(default=0.35, metadata={"help": "Grounding DINO box score threshold"})
