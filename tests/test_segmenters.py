@@ -275,6 +275,9 @@ def test_dictionary_cli_runs_the_segmenter_first(tmp_path, models, collection, c
     assert "4 images" in capsys.readouterr().out
     assert cli.main(["segment", "--shards", str(shards), "--grounding-dino", str(models["gd"])]) == 2
     assert "needs both" in capsys.readouterr().err
+    assert cli.main(["dictionary", "--shards", str(shards), "--sae", str(sae), "--masks", str(shards / "masks"),
+                     "--out", str(tmp_path / "d4.json"), "--tagger", "clip"]) == 2
+    assert "only apply when" in capsys.readouterr().err and not (tmp_path / "d4.json").exists()
     assert cli.main(["segment", "--shards", str(shards), "--masks", str(tmp_path / "m3"),
                      "--grounding-dino", str(tmp_path / "nope"), "--sam", str(models["sam"])]) == 2
     assert "nope" in capsys.readouterr().err

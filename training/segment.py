@@ -39,7 +39,13 @@ class SegmentConfig:
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
 
     def enabled(self) -> bool:
-        return bool(self.grounding_dino or self.sam)
+        """Whether segmentation was asked for; tagging options alone are a mistake, not a no-op."""
+        if self.grounding_dino or self.sam:
+            return True
+        if self.clip or self.tag_vocabulary or self.tagger != "prompt":
+            raise SegmenterError("tagging options (--tagger, --clip, --tag-vocabulary) only apply when "
+                                 "--grounding-dino and --sam are given")
+        return False
 
     def check(self) -> None:
         if not (self.grounding_dino and self.sam):
