@@ -80,8 +80,7 @@ def cmd_segment(a) -> int:
     from .segment import DONE_FILE, SegmentConfig, segment_images
     if not a.shards:
         raise ValueError("segment needs --shards (a folder from `sae-concepts collect` with its images)")
-    masks = segment_images(a.shards, a.masks or str(Path(a.shards) / "masks"),
-                           dataclass_from_args(SegmentConfig, a), progress=not a.quiet)
+    masks = segment_images(a.shards, a.masks, dataclass_from_args(SegmentConfig, a), progress=not a.quiet)
     done = list(masks.glob(f"*/{DONE_FILE}"))
     n_masks = len(list(masks.glob("*/*.png")))
     print(f"masks: {masks} ({len(done)} images, {n_masks} object masks)")

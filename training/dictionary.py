@@ -88,8 +88,7 @@ def build_dictionary(cfg: DictionaryConfig, progress: bool = True,
     shards = ShardSet.open(cfg.shards)
     sae_set = load_sae(cfg.sae)
     if segment is not None and segment.enabled():
-        cfg.masks = str(segment_images(cfg.shards, cfg.masks or str(Path(cfg.shards) / "masks"), segment,
-                                       progress=progress))
+        cfg.masks = str(segment_images(cfg.shards, cfg.masks, segment, progress=progress))
     if not cfg.masks or not Path(cfg.masks).is_dir():
         raise ValueError(f"masks folder {cfg.masks!r} not found: give --masks <folder>/<id>/<label>.png, "
                          f"or --grounding-dino and --sam weight folders to make them")

@@ -95,14 +95,15 @@ def held_out_images(shards: ShardSet) -> list[tuple[int, str, Path]]:
 
 
 def segment_images(shards_dir: str, masks_dir: str, cfg: SegmentConfig, progress: bool = True) -> Path:
-    """Write object masks for every held-out image; resumes where a killed run stopped."""
+    """Write object masks for every held-out image (into masks_dir, default <shards>/masks);
+    resumes where a killed run stopped. Returns the masks folder."""
     from PIL import Image
 
     from .segmenters import GroundingDino, Sam
     cfg.check()
     shards = ShardSet.open(shards_dir)
     images = held_out_images(shards)
-    masks = Path(masks_dir)
+    masks = Path(masks_dir) if masks_dir else Path(shards_dir) / "masks"
     open_masks_folder(masks, cfg)
     todo = [row for row in images if not (masks / f"{row[0]:06d}" / DONE_FILE).is_file()]
     if not todo:
