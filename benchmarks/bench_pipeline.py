@@ -25,13 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 def bench_collect(repeats: int, size: int) -> None:
     import conftest
-    from sae_concepts.training.comfy_host import build_random_sd1, import_comfy
+    from sae_concepts.training.collect.comfy_host import build_random_sd1, import_comfy
     import_comfy(extra_sys_paths=() if conftest._torchvision_works() else (conftest.PLACEHOLDER,))
     import comfy.sample
     from sae_concepts.nodes.block_patch import patch_block
     from sae_concepts.sae_core import PAPER_BLOCKS
     from sae_concepts.nodes.block_patch import TimestepRecorder
-    from sae_concepts.training.collect import CollectConfig, bucket_sigmas
+    from sae_concepts.training.collect.collect import CollectConfig, bucket_sigmas
 
     model = build_random_sd1(tiny=False)
     steps = 6
@@ -65,7 +65,7 @@ def bench_collect(repeats: int, size: int) -> None:
 
 def bench_storage_and_streaming(steps: int) -> None:
     from sae_concepts.sae_core import SaeConfig, TrainConfig, Trainer
-    from sae_concepts.training.shards import ShardSet, ShardWriter, activation_key, stream_batches
+    from sae_concepts.training.storage.shards import ShardSet, ShardWriter, activation_key, stream_batches
     d, per_shard, n_shards, batch = 1280, 4096, max(4, steps + 2), 4096
     key = activation_key("middle_block.1", 1.0, "cond")
     with tempfile.TemporaryDirectory() as tmp:

@@ -26,7 +26,7 @@ def main(argv=None) -> None:
     p.add_argument("--block", default="middle_block.1")
     a = p.parse_args(argv)
     import conftest  # the tests' ComfyUI discovery and torchvision placeholder
-    from sae_concepts.training.comfy_host import build_random_sd1, import_comfy
+    from sae_concepts.training.collect.comfy_host import build_random_sd1, import_comfy
     import_comfy(extra_sys_paths=() if conftest._torchvision_works() else (conftest.PLACEHOLDER,))
     import comfy.sample
     from sae_concepts.nodes.block_patch import patch_block

@@ -13,25 +13,25 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sae_concepts.training.shards import ShardSet, activation_key
+from sae_concepts.training.storage.shards import ShardSet, activation_key
 
 PROMPTS = ["a dog on a beach", "a red car in a city street", "a castle on a hill at sunset"]
 
 
 @pytest.fixture(scope="session")
 def random_checkpoint(comfy):
-    from sae_concepts.training.comfy_host import cached_random_sd1_checkpoint
+    from sae_concepts.training.collect.comfy_host import cached_random_sd1_checkpoint
     return cached_random_sd1_checkpoint()
 
 
 @pytest.fixture(scope="session")
 def loaded(random_checkpoint):
-    from sae_concepts.training.collect import load_checkpoint
+    from sae_concepts.training.collect.collect import load_checkpoint
     return load_checkpoint(str(random_checkpoint))
 
 
 def small_cfg(tmp_path, **over):
-    from sae_concepts.training.collect import CollectConfig
+    from sae_concepts.training.collect.collect import CollectConfig
     tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n\n")
     cfg = dict(checkpoint="", prompts=str(tmp_path / "prompts.txt"), out=str(tmp_path / "acts"),
@@ -51,7 +51,7 @@ def subprocess_env():
 
 def test_collect_records_the_blocks_delta(tmp_path, loaded):
     from sae_concepts.nodes.block_patch import patch_block
-    from sae_concepts.training.collect import collect, encode, write_prompt_index
+    from sae_concepts.training.collect.collect import collect, encode, write_prompt_index
     import comfy.sample
     model, clip, vae = loaded
     cfg = small_cfg(tmp_path)
@@ -83,7 +83,7 @@ def test_collect_records_the_blocks_delta(tmp_path, loaded):
 
 
 def test_collect_subsamples_positions(tmp_path, loaded):
-    from sae_concepts.training.collect import collect
+    from sae_concepts.training.collect.collect import collect
     out = collect(small_cfg(tmp_path, positions=5, blocks="output_blocks.3.1", timesteps="0.5",
                             save_images=False), *loaded, progress=False)
     s = ShardSet.open(out)
@@ -93,7 +93,7 @@ def test_collect_subsamples_positions(tmp_path, loaded):
 
 
 def test_collect_resumes_after_kill(tmp_path, random_checkpoint, loaded):
-    from sae_concepts.training.collect import collect
+    from sae_concepts.training.collect.collect import collect
     cfg = small_cfg(tmp_path, checkpoint=str(random_checkpoint), prompts_per_shard=1, save_images=False)
     cmd = [sys.executable, "-m", "sae_concepts.training.cli", "collect", "--quiet",
            "--checkpoint", cfg.checkpoint, "--prompts", cfg.prompts, "--out", cfg.out, "--blocks", cfg.blocks,
@@ -139,8 +139,8 @@ def test_collect_two_ranks_with_torchrun(tmp_path, random_checkpoint):
 
 
 def test_collect_bad_inputs(tmp_path, loaded):
-    from sae_concepts.training.collect import CollectError, collect, load_checkpoint
-    from sae_concepts.training.prompts import PromptFileError
+    from sae_concepts.training.collect.collect import CollectError, collect, load_checkpoint
+    from sae_concepts.training.storage.prompts import PromptFileError
     (tmp_path / "empty.txt").write_text("\n  \n")
     with pytest.raises(PromptFileError, match="empty.txt: holds no prompts"):
         collect(small_cfg(tmp_path, prompts=str(tmp_path / "empty.txt")), *loaded, progress=False)
@@ -161,7 +161,7 @@ def test_collect_bad_inputs(tmp_path, loaded):
 
 
 def test_collect_refuses_other_model_families(comfy):
-    from sae_concepts.training.collect import CollectError, check_family
+    from sae_concepts.training.collect.collect import CollectError, check_family
 
     class Flux:
         unet_config = {"context_dim": 4096, "model_channels": None}

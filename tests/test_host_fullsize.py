@@ -11,7 +11,7 @@ def test_paper_blocks_accept_full_size_saes(comfy):
     from sae_concepts.nodes.concept_map_preview import ConceptMapPreview
     from sae_concepts.nodes.global_style_steer import GlobalStyleSteer
     from sae_concepts.nodes.spatial_concept_steer import SpatialConceptSteer
-    from sae_concepts.training.comfy_host import build_random_sd1
+    from sae_concepts.training.collect.comfy_host import build_random_sd1
 
     model = build_random_sd1(tiny=False, seed=0)
     assert [transformer_blocks(model)[b] for b in PAPER_BLOCKS] == [1280, 1280, 1280]

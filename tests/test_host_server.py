@@ -67,7 +67,7 @@ def write_models(base: Path, checkpoint: Path) -> None:
 @pytest.fixture(scope="module")
 def server(comfy, tmp_path_factory):
     from conftest import PLACEHOLDER, _torchvision_works
-    from sae_concepts.training.comfy_host import cached_random_sd1_checkpoint
+    from sae_concepts.training.collect.comfy_host import cached_random_sd1_checkpoint
     ckpt = cached_random_sd1_checkpoint()
     base = tmp_path_factory.mktemp("comfy_base")
     (base / "custom_nodes").mkdir()

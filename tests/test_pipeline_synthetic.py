@@ -7,12 +7,12 @@ import torch
 from sae_concepts.sae_core import TrainConfig
 from sae_concepts.sae_core.concept_dictionary import ConceptDictionary
 from sae_concepts.training import cli
-from sae_concepts.training.demo import D, truth_checks, write_split
-from sae_concepts.training.dictionary import DictionaryConfig, binarise, build_dictionary, iou_matrix
-from sae_concepts.training.evaluate import EvaluateConfig, evaluate
-from sae_concepts.training.report import build_report
-from sae_concepts.training.train import TrainCommandConfig, train_saes
-from sae_concepts.training.word_vectors import load_word_vectors
+from sae_concepts.training.demo.demo import D, truth_checks, write_split
+from sae_concepts.training.dictionary.dictionary import DictionaryConfig, binarise, build_dictionary, iou_matrix
+from sae_concepts.training.evaluate.evaluate import EvaluateConfig, evaluate
+from sae_concepts.training.report.report import build_report
+from sae_concepts.training.train.train import TrainCommandConfig, train_saes
+from sae_concepts.training.dictionary.word_vectors import load_word_vectors
 
 
 def test_iou_and_binarise_against_hand_computed_values():
@@ -83,7 +83,7 @@ def test_cli_dictionary_evaluate_report(pipeline, capsys):
 
 
 def test_dictionary_needs_all_positions(tmp_path, pipeline):
-    from sae_concepts.training.shards import ShardWriter, activation_key
+    from sae_concepts.training.storage.shards import ShardWriter, activation_key
     root, data, sae = pipeline
     key = activation_key("middle_block.1", 1.0, "cond")
     w = ShardWriter(tmp_path / "sub")

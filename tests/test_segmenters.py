@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from sae_concepts.training.segmenters import (
+from sae_concepts.training.segment.segmenters import (
     Detection,
     SegmenterError,
     grounded_detections,
     tag_token_spans,
 )
-from sae_concepts.training.tags import (
+from sae_concepts.training.segment.tags import (
     TagVocabularyError,
     load_vocabulary,
     prompt_nouns,
@@ -90,7 +90,7 @@ def picture(h=48, w=80, seed=0):
 
 def test_grounding_dino_adapter_against_transformers_postprocessing(models):
     """Same queries and boxes as transformers' own post-processing; labels from the tags' own token ids."""
-    from sae_concepts.training.segmenters import GroundingDino
+    from sae_concepts.training.segment.segmenters import GroundingDino
     from transformers import AutoProcessor, GroundingDinoForObjectDetection
     image, tags = picture(), ["dog", "hot air balloon", "cat"]
     model = GroundingDinoForObjectDetection.from_pretrained(str(models["gd"])).eval()
@@ -123,7 +123,7 @@ def test_grounding_dino_adapter_against_transformers_postprocessing(models):
 
 def test_sam_adapter_against_manual_box_scaling_and_upsampling(models):
     """Boxes given in image pixels reach SAM scaled to its input; masks come back at the image's size."""
-    from sae_concepts.training.segmenters import Sam
+    from sae_concepts.training.segment.segmenters import Sam
     from transformers import AutoProcessor, SamModel
     image = picture()
     boxes = [(10.0, 5.0, 40.0, 30.0), (0.0, 0.0, 80.0, 48.0), (50.0, 10.0, 78.0, 46.0),
@@ -145,7 +145,7 @@ def test_sam_adapter_against_manual_box_scaling_and_upsampling(models):
 
 
 def test_clip_tagger_takes_top_k_above_the_floor(models):
-    from sae_concepts.training.clip_tagger import ClipTagger
+    from sae_concepts.training.segment.clip_tagger import ClipTagger
     vocab = ["dog", "cat", "tree", "house", "hot air balloon", "sea"]
     tagger = ClipTagger(str(models["clip"]), vocab, top_k=3, min_score=-1.0, device="cpu")
     image = picture()
@@ -169,7 +169,7 @@ def _tensor(x):
 
 
 def test_bad_weight_folders_give_clear_errors(tmp_path, models):
-    from sae_concepts.training.segmenters import GroundingDino, Sam
+    from sae_concepts.training.segment.segmenters import GroundingDino, Sam
     with pytest.raises(SegmenterError, match="config.json"):
         GroundingDino(str(tmp_path / "missing"))
     broken = tmp_path / "broken"
@@ -197,8 +197,8 @@ def test_bad_weight_folders_give_clear_errors(tmp_path, models):
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory):
     from sae_concepts.sae_core import TrainConfig
-    from sae_concepts.training.demo import write_split
-    from sae_concepts.training.train import TrainCommandConfig, train_saes
+    from sae_concepts.training.demo.demo import write_split
+    from sae_concepts.training.train.train import TrainCommandConfig, train_saes
     root = tmp_path_factory.mktemp("seg")
     write_split(root, "heldout", 4, 500, seed=5, with_pictures=True)
     sae = root / "set.safetensors"
@@ -209,14 +209,14 @@ def collection(tmp_path_factory):
 
 
 def seg_config(models, **kw):
-    from sae_concepts.training.segment import SegmentConfig
+    from sae_concepts.training.segment.segment import SegmentConfig
     return SegmentConfig(grounding_dino=str(models["gd"]), sam=str(models["sam"]), device="cpu",
                          box_threshold=0.0, text_threshold=0.0, **kw)
 
 
 def test_segment_stage_writes_masks_resumes_and_guards_folders(tmp_path, models, collection):
-    from sae_concepts.training.masks import image_masks
-    from sae_concepts.training.segment import DONE_FILE, segment_images
+    from sae_concepts.training.storage.masks import image_masks
+    from sae_concepts.training.segment.segment import DONE_FILE, segment_images
     shards, _ = collection
     masks = segment_images(str(shards), str(tmp_path / "m"), seg_config(models), progress=False)
     records = {int(p.parent.name): json.loads(p.read_text()) for p in masks.glob(f"*/{DONE_FILE}")}
@@ -248,7 +248,7 @@ def test_segment_stage_writes_masks_resumes_and_guards_folders(tmp_path, models,
 
 
 def test_clip_tagger_drives_the_segment_stage(tmp_path, models, collection):
-    from sae_concepts.training.segment import DONE_FILE, segment_images
+    from sae_concepts.training.segment.segment import DONE_FILE, segment_images
     shards, _ = collection
     vocab = tmp_path / "v.txt"
     vocab.write_text("dog\ncat\ntree\nhouse\n")
@@ -289,7 +289,7 @@ def test_original_sam_checkpoint_converts_to_the_same_model(tmp_path):
     SamModel that computes the same image embeddings and low-res masks."""
     if tiny_hf_models.segment_anything_modeling() is None:
         pytest.skip("NO SEGMENT-ANYTHING: pip install segment-anything==1.0 to test original SAM files")
-    from sae_concepts.training.segmenters import Sam
+    from sae_concepts.training.segment.segmenters import Sam
     original = tiny_hf_models.original_sam()
     path = tmp_path / "sam_vit_tiny.pth"
     torch.save(original.state_dict(), path)

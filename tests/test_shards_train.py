@@ -10,9 +10,9 @@ import torch
 
 from sae_concepts.sae_core import TrainConfig, load_sae
 from sae_concepts.sae_core.synthetic import PlantedDictionary, recovered_fraction
-from sae_concepts.training.shards import (ShardError, ShardSet, ShardWriter, activation_key,
+from sae_concepts.training.storage.shards import (ShardError, ShardSet, ShardWriter, activation_key,
                                           stream_batches)
-from sae_concepts.training.train import TrainCommandConfig, train_saes
+from sae_concepts.training.train.train import TrainCommandConfig, train_saes
 
 KEY = activation_key("middle_block.1", 1.0, "cond")
 
@@ -90,7 +90,7 @@ def test_train_command_recovers_planted_atoms_and_resumes(tmp_path):
 
 PEAK = textwrap.dedent("""
     import resource, sys, torch
-    from sae_concepts.training.shards import ShardSet, stream_batches
+    from sae_concepts.training.storage.shards import ShardSet, stream_batches
     s = ShardSet.open(sys.argv[1])
     n = 0
     for b in stream_batches(s, s.keys()[0], 1024, window=8192, seed=0):
@@ -118,7 +118,7 @@ def test_streaming_peak_memory_does_not_grow_with_data(tmp_path):
 DDP = textwrap.dedent("""
     import os, sys, torch, torch.distributed as dist
     from sae_concepts.sae_core import TrainConfig
-    from sae_concepts.training.train import TrainCommandConfig, train_saes
+    from sae_concepts.training.train.train import TrainCommandConfig, train_saes
     dist.init_process_group("gloo")
     torch.set_num_threads(1)
     entries = train_saes(TrainCommandConfig(shards=sys.argv[1], out=sys.argv[2], k=3, batch_size=256,

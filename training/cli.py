@@ -8,8 +8,8 @@ from pathlib import Path
 
 
 def cmd_demo(a) -> int:
-    from .demo import format_truth, run_demo
-    from .evaluate import format_table
+    from .demo.demo import format_truth, run_demo
+    from .evaluate.evaluate import format_table
     summary = run_demo(Path(a.out), epochs=a.epochs, comfyui=a.comfyui, progress=not a.quiet)
     print("SYNTHETIC DEMO: planted concepts laid out in space, not a diffusion model (see README)")
     print(format_table(summary["metrics"]))
@@ -24,8 +24,8 @@ def cmd_demo(a) -> int:
 
 
 def cmd_collect(a) -> int:
-    from .collect import CollectConfig, collect, distributed_from_env, write_prompt_index
-    from .comfy_host import import_comfy
+    from .collect.collect import CollectConfig, collect, distributed_from_env, write_prompt_index
+    from .collect.comfy_host import import_comfy
     from .dataclass_cli import dataclass_from_args
     cfg = dataclass_from_args(CollectConfig, a)
     if not cfg.checkpoint or not cfg.prompts:
@@ -47,9 +47,9 @@ def cmd_collect(a) -> int:
 
 def cmd_train(a) -> int:
     from ..sae_core import TrainConfig
-    from .collect import distributed_from_env
+    from .collect.collect import distributed_from_env
     from .dataclass_cli import dataclass_from_args
-    from .train import TrainCommandConfig, train_saes
+    from .train.train import TrainCommandConfig, train_saes
     cmd = dataclass_from_args(TrainCommandConfig, a)
     if not cmd.shards:
         raise ValueError("train needs --shards (a folder from `sae-concepts collect`)")
@@ -65,8 +65,8 @@ def cmd_train(a) -> int:
 
 def cmd_dictionary(a) -> int:
     from .dataclass_cli import dataclass_from_args
-    from .dictionary import DictionaryConfig, build_dictionary
-    from .segment import SegmentConfig
+    from .dictionary.dictionary import DictionaryConfig, build_dictionary
+    from .segment.segment import SegmentConfig
     cfg = dataclass_from_args(DictionaryConfig, a)
     d = build_dictionary(cfg, progress=not a.quiet, segment=dataclass_from_args(SegmentConfig, a))
     for e in d.entries:
@@ -77,7 +77,7 @@ def cmd_dictionary(a) -> int:
 
 def cmd_segment(a) -> int:
     from .dataclass_cli import dataclass_from_args
-    from .segment import DONE_FILE, SegmentConfig, segment_images
+    from .segment.segment import DONE_FILE, SegmentConfig, segment_images
     if not a.shards:
         raise ValueError("segment needs --shards (a folder from `sae-concepts collect` with its images)")
     masks = segment_images(a.shards, a.masks, dataclass_from_args(SegmentConfig, a), progress=not a.quiet)
@@ -89,7 +89,7 @@ def cmd_segment(a) -> int:
 
 def cmd_evaluate(a) -> int:
     from .dataclass_cli import dataclass_from_args
-    from .evaluate import EvaluateConfig, evaluate, format_table
+    from .evaluate.evaluate import EvaluateConfig, evaluate, format_table
     cfg = dataclass_from_args(EvaluateConfig, a)
     print(format_table(evaluate(cfg)))
     print(f"metrics: {cfg.out}")
@@ -97,7 +97,7 @@ def cmd_evaluate(a) -> int:
 
 
 def cmd_report(a) -> int:
-    from .report import build_report
+    from .report.report import build_report
     page = build_report(Path(a.out), a.sae, a.dictionary, a.metrics, a.shards, images_dir=a.images or None)
     print(f"report: {page}")
     return 0
@@ -124,9 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_demo)
     from ..sae_core import TrainConfig
-    from .collect import CollectConfig
+    from .collect.collect import CollectConfig
     from .dataclass_cli import add_dataclass_args
-    from .train import TrainCommandConfig
+    from .train.train import TrainCommandConfig
     c = sub.add_parser("collect", help="record Delta at transformer blocks while sampling an SD1.x checkpoint")
     add_dataclass_args(c, CollectConfig)
     c.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -136,10 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_args(t, TrainConfig)
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
-    from .dictionary import DictionaryConfig
-    from .evaluate import EvaluateConfig
+    from .dictionary.dictionary import DictionaryConfig
+    from .evaluate.evaluate import EvaluateConfig
     dc = sub.add_parser("dictionary", help="label concepts with the objects their activation maps cover")
-    from .segment import SegmentConfig
+    from .segment.segment import SegmentConfig
     add_dataclass_args(dc, DictionaryConfig)
     add_dataclass_args(dc, SegmentConfig)
     dc.add_argument("--quiet", action="store_true", help="no progress bars")

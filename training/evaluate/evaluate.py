@@ -10,13 +10,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..sae_core import SD1_BLOCKS, load_sae
-from ..sae_core.atomic import write_text_atomic
-from ..sae_core.concept_dictionary import ConceptDictionary
-from .dictionary import concept_embeddings, image_codes, iou_matrix
-from .masks import image_masks
-from .shards import ShardSet, activation_key
-from .word_vectors import cosine, embed_label, load_word_vectors
+from ...sae_core import SD1_BLOCKS, load_sae
+from ...sae_core.atomic import write_text_atomic
+from ...sae_core.concept_dictionary import ConceptDictionary
+from ..dictionary.dictionary import concept_embeddings, image_codes, iou_matrix
+from ..storage.masks import image_masks
+from ..storage.shards import ShardSet, activation_key
+from ..dictionary.word_vectors import cosine, embed_label, load_word_vectors
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..sae_core.foreign_formats import torch_load_safe
+from ...sae_core.foreign_formats import torch_load_safe
 from .segmenters import SegmenterError
 
 DECODER_HEADS = 8   # fixed in segment_anything's build_sam (TwoWayTransformer(num_heads=8))

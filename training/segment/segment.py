@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from ..sae_core.atomic import write_text_atomic
-from .masks import save_mask
+from ...sae_core.atomic import write_text_atomic
+from ..storage.masks import save_mask
 from .segmenters import SegmenterError
-from .shards import ShardSet
+from ..storage.shards import ShardSet
 from .tags import load_vocabulary, prompt_nouns
 
 RUN_FILE = "segment_run.json"

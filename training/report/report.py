@@ -12,11 +12,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..sae_core import load_sae
-from ..sae_core.concept_dictionary import ConceptDictionary
-from ..sae_core.atomic import write_text_atomic
-from .dictionary import image_codes
-from .shards import ShardSet, activation_key
+from ...sae_core import load_sae
+from ...sae_core.concept_dictionary import ConceptDictionary
+from ...sae_core.atomic import write_text_atomic
+from ..dictionary.dictionary import image_codes
+from ..storage.shards import ShardSet, activation_key
 
 METRICS = [("fvu", "FVU (lower is better)"), ("l0", "L0"), ("dead_fraction", "dead fraction"),
            ("cohesion", "concept cohesion (higher is better)"),

@@ -38,7 +38,7 @@ def image_masks(root, prompt_id: int, size: int | None = None) -> dict[str, torc
 
 def save_mask(root, prompt_id: int, label: str, mask: torch.Tensor) -> None:
     from PIL import Image
-    from ..sae_core.atomic import atomic_path
+    from ...sae_core.atomic import atomic_path
     path = Path(root) / f"{prompt_id:06d}" / f"{label.replace(' ', '_')}.png"
     with atomic_path(path) as tmp:
         Image.fromarray((mask.numpy().astype(np.uint8) * 255)).save(tmp, format="PNG")

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-PLUGIN_ROOT = Path(__file__).resolve().parent.parent
+PLUGIN_ROOT = Path(__file__).resolve().parents[2]
 
 
 class ComfyUINotFound(RuntimeError):
@@ -104,7 +104,7 @@ def write_random_sd1_checkpoint(path, seed: int = 0) -> Path:
     import comfy.supported_models
     from comfy.ldm.models.autoencoder import AutoencoderKL
 
-    from ..sae_core.atomic import atomic_path
+    from ...sae_core.atomic import atomic_path
 
     path = Path(path)
     shapes: dict[str, tuple] = {}

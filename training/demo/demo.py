@@ -13,17 +13,17 @@ from pathlib import Path
 
 import torch
 
-from ..sae_core import PAPER_BLOCKS, TrainConfig, load_sae
-from ..sae_core.atomic import write_text_atomic
-from ..sae_core.concept_dictionary import ConceptDictionary
-from ..sae_core.synthetic import recovered_fraction
-from .collect import save_png
-from .dictionary import DictionaryConfig, build_dictionary
-from .evaluate import EvaluateConfig, evaluate
-from .masks import save_mask
-from .shards import ShardWriter, activation_key
+from ...sae_core import PAPER_BLOCKS, TrainConfig, load_sae
+from ...sae_core.atomic import write_text_atomic
+from ...sae_core.concept_dictionary import ConceptDictionary
+from ...sae_core.synthetic import recovered_fraction
+from ..collect.collect import save_png
+from ..dictionary.dictionary import DictionaryConfig, build_dictionary
+from ..evaluate.evaluate import EvaluateConfig, evaluate
+from ..storage.masks import save_mask
+from ..storage.shards import ShardWriter, activation_key
 from .synthetic_scenes import GRID, LABELS, concept_directions, random_scene, scene_activations
-from .train import TrainCommandConfig, train_saes
+from ..train.train import TrainCommandConfig, train_saes
 
 TIMESTEPS = (1.0, 0.5, 0.0)
 NOISE = {1.0: 0.06, 0.5: 0.04, 0.0: 0.03}   # concepts are a little fuzzier at the first step
@@ -100,7 +100,7 @@ def run_demo(out: Path, n_train: int = 200, epochs: int = 8, comfyui: str = "aut
                                    masks=str(data / "eval" / "masks"), out=str(out / "metrics.json")))
     truth = truth_checks(sae_path, dictionary)
     smoke = comfyui_smoke_run(out, comfyui, progress)
-    from .report import build_report
+    from ..report.report import build_report
     summary = {"synthetic": True, "metrics": rows, "truth": truth, "comfyui_smoke": smoke}
     write_text_atomic(out / "demo_summary.json", json.dumps(summary, indent=1))
     build_report(out / "report", sae_path, dict_path, out / "metrics.json", data / "eval", data / "eval" / "masks",
@@ -112,11 +112,11 @@ def run_demo(out: Path, n_train: int = 200, epochs: int = 8, comfyui: str = "aut
 
 def comfyui_smoke_run(out: Path, mode: str, progress: bool) -> dict | None:
     """With ComfyUI present: collect for real from a random-weight SD1.5 checkpoint."""
-    from .comfy_host import find_comfyui
+    from ..collect.comfy_host import find_comfyui
     if mode == "off" or (mode == "auto" and find_comfyui() is None):
         return None
-    from .collect import CollectConfig, collect, write_prompt_index
-    from .comfy_host import cached_random_sd1_checkpoint, import_comfy
+    from ..collect.collect import CollectConfig, collect, write_prompt_index
+    from ..collect.comfy_host import cached_random_sd1_checkpoint, import_comfy
     try:
         import_comfy()
         import comfy.sample  # noqa: F401  (imports ComfyUI's model code, which needs e.g. torchvision)
@@ -132,7 +132,7 @@ def comfyui_smoke_run(out: Path, mode: str, progress: bool) -> dict | None:
                         width=128, height=128, timesteps="1.0,0.0", prompts_per_shard=2)
     acts = collect(cfg, progress=progress)
     write_prompt_index(acts)
-    from .shards import ShardSet
+    from ..storage.shards import ShardSet
     s = ShardSet.open(acts)
     return {"checkpoint": "random-weight SD1.5 (no real weights exist offline)", "folder": str(acts),
             "vectors": {k: s.vectors(k) for k in s.keys()}}

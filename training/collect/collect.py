@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from ..sae_core import PAPER_BLOCKS
-from ..sae_core.atomic import atomic_path
-from .prompts import read_prompts
-from .shards import ShardWriter, activation_key
+from ...sae_core import PAPER_BLOCKS
+from ...sae_core.atomic import atomic_path
+from ..storage.prompts import read_prompts
+from ..storage.shards import ShardWriter, activation_key
 
 
 @dataclass
@@ -69,7 +69,7 @@ def load_checkpoint(path: str):
 
 def check_family(model, name: str) -> str:
     """'sd1' or 'sdxl' (the U-Nets whose transformer blocks this pack knows), else a clear error."""
-    from ..nodes.model_blocks import model_family
+    from ...nodes.model_blocks import model_family
     fam = model_family(model)
     if fam not in ("sd1", "sdxl"):
         unet = getattr(model.model.model_config, "unet_config", {})
@@ -82,7 +82,7 @@ def check_family(model, name: str) -> str:
 def bucket_sigmas(model, cfg: CollectConfig, timesteps: list[float]) -> tuple[dict[float, float], dict[float, int]]:
     """t bucket -> (sigma, step index) of the sampling step whose t is nearest."""
     import comfy.samplers
-    from ..nodes.block_patch import sigma_to_t
+    from ...nodes.block_patch import sigma_to_t
     ks = comfy.samplers.KSampler(model, steps=cfg.steps, device=model.load_device, sampler=cfg.sampler,
                                  scheduler=cfg.scheduler, denoise=1.0, model_options=model.model_options)
     ms = model.get_model_object("model_sampling")
@@ -119,7 +119,7 @@ def run_config(cfg: CollectConfig, n_prompts: int, family: str) -> dict:
 def collect(cfg: CollectConfig, model=None, clip=None, vae=None, prompts: list[str] | None = None,
             rank: int = 0, world: int = 1, progress: bool = True) -> Path:
     import comfy.sample
-    from ..nodes.block_patch import TimestepRecorder, patch_block
+    from ...nodes.block_patch import TimestepRecorder, patch_block
 
     prompts = prompts if prompts is not None else read_prompts(cfg.prompts)
     if cfg.limit:
@@ -129,7 +129,7 @@ def collect(cfg: CollectConfig, model=None, clip=None, vae=None, prompts: list[s
     family = check_family(model, cfg.checkpoint or "the model")
     if cfg.width % 8 or cfg.height % 8:
         raise CollectError(f"width and height must be multiples of 8, got {cfg.width}x{cfg.height}")
-    from ..nodes.model_blocks import diffusers_to_comfy, resolve_block, transformer_blocks
+    from ...nodes.model_blocks import diffusers_to_comfy, resolve_block, transformer_blocks
     names = [b for b in cfg.blocks.split(",") if b.strip()] or list(PAPER_BLOCKS if family == "sd1" else SDLENS_SDXL_BLOCKS)
     blocks = [resolve_block(model, b) for b in names]
     channels = {b: transformer_blocks(model)[b] for b in blocks}
@@ -225,11 +225,11 @@ def distributed_from_env() -> tuple[int, int]:
 
 def write_prompt_index(out: Path) -> None:
     """prompts.jsonl beside the shards: id, prompt, seed, image (for the dictionary stage)."""
-    from .shards import ShardSet
+    from ..storage.shards import ShardSet
     rows = []
     for s in ShardSet.open(out).shards:
         for pid, p, seed in zip(s["prompt_ids"], s["prompts"], s["seeds"]):
             rows.append({"id": pid, "prompt": p, "seed": seed, "image": f"images/{pid:06d}.png"})
     rows.sort(key=lambda r: r["id"])
-    from ..sae_core.atomic import write_text_atomic
+    from ...sae_core.atomic import write_text_atomic
     write_text_atomic(out / "prompts.jsonl", "".join(json.dumps(r) + "\n" for r in rows))

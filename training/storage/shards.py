@@ -19,7 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..sae_core.atomic import atomic_path, write_text_atomic
+from ...sae_core.atomic import atomic_path, write_text_atomic
 
 
 class ShardError(RuntimeError):

@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..sae_core import SAEEntry, SAEInfo, SaeConfig, TrainConfig, Trainer, save_sae_set
-from .shards import ShardSet, parse_key, stream_batches
+from ...sae_core import SAEEntry, SAEInfo, SaeConfig, TrainConfig, Trainer, save_sae_set
+from ..storage.shards import ShardSet, parse_key, stream_batches
 
 
 @dataclass

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..sae_core import load_sae
-from ..sae_core.concept_dictionary import ConceptDictionary, SAEConcepts
-from .masks import image_masks
-from .segment import SegmentConfig, segment_images
-from .shards import ShardSet, activation_key
+from ...sae_core import load_sae
+from ...sae_core.concept_dictionary import ConceptDictionary, SAEConcepts
+from ..storage.masks import image_masks
+from ..segment.segment import SegmentConfig, segment_images
+from ..storage.shards import ShardSet, activation_key
 
 
 @dataclass
@@ -136,7 +136,7 @@ def concept_embeddings(concepts: SAEConcepts, kv) -> dict[int, np.ndarray]:
 
 
 def save_embeddings(dictionary: ConceptDictionary, word_vectors: str, path: Path) -> None:
-    from ..sae_core.atomic import atomic_path
+    from ...sae_core.atomic import atomic_path
     from .word_vectors import load_word_vectors
     kv = load_word_vectors(word_vectors)
     arrays = {}

@@ -1,0 +1,1 @@
+"""Stage 4: FVU / L0 / dead fraction, cohesion, inter-concept similarity, composition IoU."""

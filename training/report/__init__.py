@@ -1,0 +1,1 @@
+"""Stage 5: the HTML report with plots and concept cards."""

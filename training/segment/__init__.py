@@ -1,0 +1,1 @@
+"""Stage 2a: tags -> boxes -> masks for held-out images (Grounding DINO, SAM, CLIP tagger)."""

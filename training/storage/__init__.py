@@ -1,0 +1,1 @@
+"""Storage shared by every stage: activation shards, prompt files, mask folders."""

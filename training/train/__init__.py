@@ -1,0 +1,1 @@
+"""Stage 2: train one SAE per (block, t, cond) from shards."""
