@@ -1,6 +1,6 @@
 """`sae-concepts demo`: the whole pipeline on a built-in default, checkable against the truth.
 
-SYNTHETIC: activations come from training/synthetic_scenes.py (planted concepts laid out in
+SYNTHETIC: activations come from training/demo/synthetic_scenes.py (planted concepts laid out in
 space, known masks and labels), written as the same shards `collect` writes, then
 train -> dictionary -> evaluate -> report run exactly as on real data. With ComfyUI present,
 `collect` also runs for real on a random-weight SD1.5 checkpoint (a smoke run: random weights
