@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from .errors import ConfigError
+
 
 @dataclass
 class SaeConfig:
@@ -29,13 +31,14 @@ class SaeConfig:
 
     def __post_init__(self) -> None:
         if self.d_in <= 0:
-            raise ValueError(f"d_in must be positive, got {self.d_in}")
+            raise ConfigError(f"d_in must be positive, got {self.d_in}")
         if self.n_latents == 0:
             self.n_latents = self.expansion_factor * self.d_in
         if self.n_latents <= 0:
-            raise ValueError(f"n_latents must be positive, got {self.n_latents}")
+            raise ConfigError(f"n_latents must be positive, got {self.n_latents}")
         if not 0 < self.k <= self.n_latents:
-            raise ValueError(f"k must be in [1, n_latents={self.n_latents}], got {self.k}")
+            raise ConfigError(f"k must be in [1, n_latents={self.n_latents}] (n_latents = expansion factor x d), "
+                              f"got {self.k}")
 
     def to_dict(self) -> dict:
         return asdict(self)

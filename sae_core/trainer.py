@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 from .atomic import atomic_path, write_text_atomic
 from .config import SaeConfig
+from .errors import SAEConceptsError
 from .geometric_median import geometric_median
 from .sae import TopKSAE
 
@@ -41,7 +42,7 @@ class TrainConfig:
     """Steps between checkpoints (also written at the end); 0 means only at the end."""
 
 
-class TrainingError(RuntimeError):
+class TrainingError(SAEConceptsError, RuntimeError):
     pass
 
 
