@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import torch
 
+from .errors import ConfigError
 from .sae import TopKSAE
 
 
 def _ids(sae: TopKSAE, concept_ids) -> torch.Tensor:
     ids = torch.as_tensor(list(concept_ids), dtype=torch.long, device=sae.W_dec.device)
     if ids.numel() == 0:
-        raise ValueError("no concept ids given")
+        raise ConfigError("no concept ids given")
     bad = ids[(ids < 0) | (ids >= sae.n_latents)]
     if bad.numel():
-        raise ValueError(f"concept id(s) {bad.tolist()} out of range: this SAE has {sae.n_latents} "
+        raise ConfigError(f"concept id(s) {bad.tolist()} out of range: this SAE has {sae.n_latents} "
                          f"concepts (0..{sae.n_latents - 1})")
     return ids
 

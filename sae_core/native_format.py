@@ -83,8 +83,8 @@ def load_native(path, meta: dict, tensors: dict[str, torch.Tensor]) -> SAESet:
                   "input_scale": ()}
         require_keys(path, tensors, [f"sae.{i}.{p}" for p in _PARAMS])
         sae = TopKSAE(cfg)
-        sae.load_state_dict({p: check_tensor(path, f"sae.{i}.{p}", tensors[f"sae.{i}.{p}"], shapes[p])
-                             for p in _PARAMS})
+        sae.load_state_dict({p: check_tensor(path, f"sae.{i}.{p}", tensors[f"sae.{i}.{p}"], shapes[p],
+                                             positive=p == "input_scale") for p in _PARAMS})
         stats = {name: check_tensor(path, f"sae.{i}.{name}", tensors[f"sae.{i}.{name}"], (n,))
                  for name in ("latent_mean", "latent_std") if f"sae.{i}.{name}" in tensors}
         entries.append(SAEEntry(sae.eval().requires_grad_(False), info, **stats))

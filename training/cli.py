@@ -6,6 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+from ..sae_core.errors import ConfigError
+
 
 def cmd_demo(a) -> int:
     from .demo.demo import format_truth, run_demo
@@ -25,11 +27,11 @@ def cmd_demo(a) -> int:
 
 def cmd_collect(a) -> int:
     from .collect.collect import CollectConfig, collect, distributed_from_env, write_prompt_index
-    from .collect.comfy_host import import_comfy
+    from ..host.comfy_env import import_comfy
     from .dataclass_cli import dataclass_from_args
     cfg = dataclass_from_args(CollectConfig, a)
     if not cfg.checkpoint or not cfg.prompts:
-        raise ValueError("collect needs --checkpoint and --prompts")
+        raise ConfigError("collect needs --checkpoint and --prompts")
     local = os.environ.get("LOCAL_RANK")
     if local is not None and "CUDA_VISIBLE_DEVICES" not in os.environ:
         os.environ["CUDA_VISIBLE_DEVICES"] = local   # one GPU per torchrun process, before CUDA starts
@@ -52,7 +54,7 @@ def cmd_train(a) -> int:
     from .train.train import TrainCommandConfig, train_saes
     cmd = dataclass_from_args(TrainCommandConfig, a)
     if not cmd.shards:
-        raise ValueError("train needs --shards (a folder from `sae-concepts collect`)")
+        raise ConfigError("train needs --shards (a folder from `sae-concepts collect`)")
     rank, _ = distributed_from_env()
     entries = train_saes(cmd, dataclass_from_args(TrainConfig, a), progress=not a.quiet)
     if rank == 0:
@@ -79,7 +81,7 @@ def cmd_segment(a) -> int:
     from .dataclass_cli import dataclass_from_args
     from .segment.segment import DONE_FILE, SegmentConfig, segment_images
     if not a.shards:
-        raise ValueError("segment needs --shards (a folder from `sae-concepts collect` with its images)")
+        raise ConfigError("segment needs --shards (a folder from `sae-concepts collect` with its images)")
     masks = segment_images(a.shards, a.masks, dataclass_from_args(SegmentConfig, a), progress=not a.quiet)
     done = list(masks.glob(f"*/{DONE_FILE}"))
     n_masks = len(list(masks.glob("*/*.png")))
@@ -168,11 +170,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from ..sae_core.errors import SAEConceptsError
     a = build_parser().parse_args(argv)
     try:
         return a.func(a)
-    except (ValueError, OSError, RuntimeError) as e:
-        print(f"sae-concepts {a.command}: error: {e}", file=sys.stderr)
+    except (SAEConceptsError, OSError) as e:
+        # Something the user can fix (a bad file, option or output place, a full disk): one line,
+        # no traceback, the same exit status as argparse's own usage errors. Anything else is a
+        # bug and keeps its traceback.
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"sae-concepts {a.command}: error: {message}", file=sys.stderr)
         return 2
 
 

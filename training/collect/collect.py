@@ -20,6 +20,7 @@ from ...sae_core import PAPER_BLOCKS
 from ...sae_core.atomic import atomic_path
 from ..storage.prompts import read_prompts
 from ..storage.shards import ShardWriter, activation_key
+from ...sae_core.errors import SAEConceptsError
 
 
 @dataclass
@@ -45,7 +46,7 @@ class CollectConfig:
     limit: int = field(default=0, metadata={"help": "use only the first N prompts (0 = all)"})
 
 
-class CollectError(ValueError):
+class CollectError(SAEConceptsError, ValueError):
     pass
 
 

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ...sae_core.errors import SAEConceptsError
 
-class WordVectorError(ValueError):
+
+class WordVectorError(SAEConceptsError, ValueError):
     pass
 
 

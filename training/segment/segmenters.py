@@ -19,8 +19,10 @@ from pathlib import Path
 
 import torch
 
+from ...sae_core.errors import SAEConceptsError
 
-class SegmenterError(ValueError):
+
+class SegmenterError(SAEConceptsError, ValueError):
     pass
 
 

@@ -14,6 +14,8 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
+from ...sae_core.errors import SAEConceptsError
+
 DEFAULT_VOCABULARY = Path(__file__).parent / "data" / "object_nouns.txt"
 MAX_WORDS = 3   # longest vocabulary entry matched ("hot air balloon")
 
@@ -23,7 +25,7 @@ IRREGULAR = {"men": "man", "women": "woman", "children": "child", "people": "per
              "teeth": "tooth", "geese": "goose", "mice": "mouse", "oxen": "ox"}
 
 
-class TagVocabularyError(ValueError):
+class TagVocabularyError(SAEConceptsError, ValueError):
     pass
 
 

@@ -12,8 +12,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...sae_core.errors import SAEConceptsError
 
-class MaskError(ValueError):
+
+class MaskError(SAEConceptsError, ValueError):
     pass
 
 

@@ -5,10 +5,12 @@ import csv
 import json
 from pathlib import Path
 
+from ...sae_core.errors import SAEConceptsError
+
 PROMPT_KEYS = ("prompt", "caption", "text")
 
 
-class PromptFileError(ValueError):
+class PromptFileError(SAEConceptsError, ValueError):
     pass
 
 

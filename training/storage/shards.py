@@ -20,9 +20,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ...sae_core.atomic import atomic_path, write_text_atomic
+from ...sae_core.errors import SAEConceptsError
 
 
-class ShardError(RuntimeError):
+class ShardError(SAEConceptsError, RuntimeError):
     pass
 
 
