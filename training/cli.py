@@ -166,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="describe an SAE file or folder in any supported format")
     i.add_argument("path")
     i.set_defaults(func=cmd_info)
+    from .toyworld.cli import register as register_toyworld
+    register_toyworld(sub)
     return p
 
 

@@ -1,0 +1,132 @@
+"""The Toy World network: ComfyUI's own SD1.x `UNetModel` (small widths) + a tiny text encoder.
+
+The "latent" is the image itself, pixel-unshuffled (lossless): [B, 3, 48, 48] in [-1, 1] ->
+[B, 12, 24, 24]. With SD1.x's channel_mult (1, 2, 4, 4) the paper's three blocks sit at
+down input_blocks.8.1 6x6, mid middle_block.1 3x3, up output_blocks.3.1 6x6: latent/4, /8, /4,
+the same relative resolutions as SD1.x at 512 px (64 -> 16, 8, 16).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .world import CONTEXT_LENGTH, IMAGE_SIZE, VOCAB
+
+UNSHUFFLE = 2
+
+
+@dataclass
+class ToyModelConfig:
+    image_size: int = IMAGE_SIZE
+    model_channels: int = 32          # the smallest width GroupNorm(32) allows
+    channel_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    num_heads: int = 2
+    context_dim: int = 64
+    text_layers: int = 2
+    text_heads: int = 4
+    vocab: tuple[str, ...] = field(default_factory=lambda: VOCAB)
+    context_length: int = CONTEXT_LENGTH
+
+    @property
+    def latent_channels(self) -> int:
+        return 3 * UNSHUFFLE * UNSHUFFLE
+
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // UNSHUFFLE
+
+    def unet_config(self) -> dict:
+        """Keyword arguments of ComfyUI's UNetModel: SD1.x topology (16 SpatialTransformers)."""
+        n = len(self.channel_mult)
+        return dict(image_size=self.latent_size, in_channels=self.latent_channels,
+                    out_channels=self.latent_channels, model_channels=self.model_channels,
+                    num_res_blocks=[self.num_res_blocks] * n, channel_mult=list(self.channel_mult),
+                    num_heads=self.num_heads, num_head_channels=-1, use_spatial_transformer=True,
+                    transformer_depth=[1, 1] * (n - 1) + [0, 0], transformer_depth_middle=1,
+                    transformer_depth_output=[1, 1, 1] * (n - 1) + [0, 0, 0],
+                    context_dim=self.context_dim, use_linear_in_transformer=False, legacy=False,
+                    adm_in_channels=None, use_temporal_attention=False, use_temporal_resblock=False,
+                    use_checkpoint=False)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "ToyModelConfig":
+        d = json.loads(text)
+        d["channel_mult"] = tuple(d["channel_mult"])
+        d["vocab"] = tuple(d["vocab"])
+        return cls(**d)
+
+
+class ToyTextEncoder(nn.Module):
+    """Token ids [B, L] -> cross-attention context [B, L, context_dim].
+
+    A causal width-2 convolution first mixes each word with the one before it, so a shape
+    token carries its colour from the first step (binding is then a per-token lookup for the
+    U-Net's cross-attention); two small transformer layers add the rest of the prompt.
+    """
+
+    def __init__(self, cfg: ToyModelConfig):
+        super().__init__()
+        d = cfg.context_dim
+        self.token = nn.Embedding(len(cfg.vocab), d)
+        self.position = nn.Embedding(cfg.context_length, d)
+        self.pair = nn.Conv1d(d, d, kernel_size=2)
+        layer = nn.TransformerEncoderLayer(d, cfg.text_heads, dim_feedforward=2 * d, dropout=0.0,
+                                           batch_first=True, norm_first=True)
+        self.layers = nn.TransformerEncoder(layer, cfg.text_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(ids.shape[1], device=ids.device)
+        h = self.token(ids) + self.position(pos)
+        pair = self.pair(F.pad(h.transpose(1, 2), (1, 0))).transpose(1, 2)
+        return self.norm(self.layers(h + pair))
+
+
+def image_to_latent(image: torch.Tensor) -> torch.Tensor:
+    """[B, H, W, 3] in [0, 1] (ComfyUI IMAGE layout) -> [B, 12, H/2, W/2] in [-1, 1]."""
+    return F.pixel_unshuffle(image.movedim(-1, 1) * 2 - 1, UNSHUFFLE)
+
+
+def latent_to_image(latent: torch.Tensor) -> torch.Tensor:
+    """[B, 12, h, w] -> [B, 2h, 2w, 3] in [0, 1] (ComfyUI IMAGE layout), clamped."""
+    return ((F.pixel_shuffle(latent, UNSHUFFLE) + 1) / 2).clamp(0, 1).movedim(1, -1)
+
+
+def build_unet(cfg: ToyModelConfig):
+    """ComfyUI's UNetModel with cfg's widths, initialised from the current torch rng.
+
+    ComfyUI's ops skip weight init (weights are normally loaded), so every layer is reset here;
+    output convolutions of residual branches start at zero (the usual DDPM init), so the
+    network starts as the identity plus small updates and learns faster.
+    """
+    import comfy.ops
+    from comfy.ldm.modules.attention import SpatialTransformer
+    from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock, UNetModel
+
+    unet = UNetModel(**cfg.unet_config(), operations=comfy.ops.disable_weight_init)
+    for m in unet.modules():
+        for base in (nn.Linear, nn.Conv2d, nn.GroupNorm, nn.LayerNorm):
+            if isinstance(m, base):
+                base.reset_parameters(m)
+                break
+    with torch.no_grad():
+        for m in unet.modules():
+            if isinstance(m, ResBlock):
+                _zero(m.out_layers[-1])
+            elif isinstance(m, SpatialTransformer):
+                _zero(m.proj_out)
+        _zero(unet.out[-1])
+    return unet
+
+
+def _zero(layer: nn.Module):
+    for p in layer.parameters():
+        p.zero_()

@@ -1,0 +1,205 @@
+"""Train the Toy World model: ε-prediction on SD1.x's scaled-linear schedule, from scratch.
+
+Deterministic: batch `step` is drawn from rng([seed, step]) (scenes) and a torch generator
+seeded from (seed, step) (timesteps, noise, prompt dropout), so a resumed run sees exactly the
+batches an unbroken one would. Checkpoints (model, text encoder, EMA, AdamW state, step) are
+single safetensors files written atomically; `train` resumes from the newest one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ...sae_core.atomic import atomic_path
+from .model import ToyModelConfig, ToyTextEncoder, build_unet, image_to_latent
+from .world import render, sample_scene, tokenize
+
+CHECKPOINT = "checkpoint.safetensors"
+
+
+@dataclass
+class ToyTrainConfig:
+    out: str = field(default="toyworld_run", metadata={"help": "run folder (checkpoint, log, weights); resumes if it exists"})
+    steps: int = field(default=2000, metadata={"help": "optimizer steps in the whole run"})
+    batch_size: int = field(default=16, metadata={"help": "scenes per step"})
+    lr: float = field(default=5e-4, metadata={"help": "peak AdamW learning rate"})
+    warmup: int = field(default=100, metadata={"help": "linear warm-up steps; then cosine decay to lr_floor*lr"})
+    lr_floor: float = field(default=0.1, metadata={"help": "final lr as a fraction of the peak"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    ema_decay: float = field(default=0.995, metadata={"help": "EMA of the weights (the exported model)"})
+    min_snr_gamma: float = field(default=5.0, metadata={"help": "min-SNR loss weighting γ (0: plain MSE)"})
+    prompt_dropout: float = field(default=0.1, metadata={"help": "fraction of empty prompts (for CFG)"})
+    omit_style: float = field(default=0.1, metadata={"help": "fraction of prompts that leave the style unnamed"})
+    grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clip"})
+    seed: int = field(default=0, metadata={"help": "seed of init, scenes and noise"})
+    threads: int = field(default=1, metadata={"help": "torch CPU threads (recorded; results depend on it)"})
+    checkpoint_every: int = field(default=100, metadata={"help": "steps between checkpoints"})
+
+
+def sd1_alphas_cumprod() -> torch.Tensor:
+    """SD1.x's training schedule (scaled-linear betas 0.00085..0.012, 1000 steps), from the same
+    function ComfyUI's ModelSamplingDiscrete builds its sigmas with, so KSampler matches it."""
+    from comfy.ldm.modules.diffusionmodules.util import make_beta_schedule
+    betas = torch.as_tensor(make_beta_schedule("linear", 1000, linear_start=0.00085, linear_end=0.012))
+    return torch.cumprod(1.0 - betas, dim=0).float()
+
+
+def make_batch(cfg: ToyTrainConfig, step: int, batch_size: int | None = None):
+    """(latents x0 [B,12,24,24], token ids [B,L]) of training batch `step` (deterministic)."""
+    rng = np.random.default_rng([cfg.seed, step])
+    images, ids = [], []
+    for _ in range(batch_size or cfg.batch_size):
+        scene = sample_scene(rng, name_style_p=1.0 - cfg.omit_style)
+        images.append(render(scene).image)
+        ids.append(tokenize("" if rng.random() < cfg.prompt_dropout else scene.prompt))
+    x0 = image_to_latent(torch.from_numpy(np.stack(images)))
+    return x0, torch.tensor(ids, dtype=torch.long)
+
+
+class ToyTrainer:
+    def __init__(self, cfg: ToyTrainConfig, model_cfg: ToyModelConfig | None = None):
+        self.cfg = cfg
+        self.model_cfg = model_cfg or ToyModelConfig()
+        torch.manual_seed(cfg.seed)
+        self.unet = build_unet(self.model_cfg)
+        self.text = ToyTextEncoder(self.model_cfg)
+        self.modules = torch.nn.ModuleDict({"diffusion_model": self.unet, "text_encoder": self.text})
+        self.ema = {k: v.detach().clone() for k, v in self.modules.state_dict().items()}
+        self.opt = torch.optim.AdamW(self.modules.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
+                                     weight_decay=cfg.weight_decay)
+        self.alphas_cumprod = sd1_alphas_cumprod()
+        self.step = 0
+        self.seconds = 0.0       # training wall time summed over all sessions of this run
+
+    def lr_at(self, step: int) -> float:
+        c = self.cfg
+        if step < c.warmup:
+            return c.lr * (step + 1) / c.warmup
+        p = (step - c.warmup) / max(1, c.steps - c.warmup)
+        return c.lr * (c.lr_floor + (1 - c.lr_floor) * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
+
+    def loss_on(self, step: int) -> torch.Tensor:
+        x0, ids = make_batch(self.cfg, step)
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
+        t = torch.randint(0, len(self.alphas_cumprod), (x0.shape[0],), generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        ab = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+        eps = self.unet(xt, t.float(), context=self.text(ids))
+        per_sample = (eps - noise).square().mean(dim=(1, 2, 3))
+        if self.cfg.min_snr_gamma > 0:
+            snr = (ab / (1 - ab)).view(-1)
+            per_sample = per_sample * snr.clamp(max=self.cfg.min_snr_gamma) / snr
+        return per_sample.mean()
+
+    def train_step(self) -> float:
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        self.modules.train()
+        loss = self.loss_on(self.step)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.modules.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        with torch.no_grad():
+            d = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
+            for k, v in self.modules.state_dict().items():
+                self.ema[k].mul_(d).add_(v.detach(), alpha=1 - d) if v.is_floating_point() else self.ema[k].copy_(v)
+        self.step += 1
+        return float(loss)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        out = {f"model.{k}": v.contiguous() for k, v in self.modules.state_dict().items()}
+        out.update({f"ema.{k}": v.contiguous() for k, v in self.ema.items()})
+        for i, st in self.opt.state_dict()["state"].items():
+            for name, v in st.items():
+                out[f"opt.{i}.{name}"] = torch.as_tensor(v).contiguous()
+        return out
+
+    def save_checkpoint(self, path: Path):
+        meta = {"step": str(self.step), "seconds": f"{self.seconds:.1f}",
+                "train_config": json.dumps(asdict(self.cfg)), "model_config": self.model_cfg.to_json()}
+        with atomic_path(path) as tmp:
+            save_file(self.state_tensors(), str(tmp), metadata=meta)
+
+    def load_checkpoint(self, path: Path):
+        from safetensors import safe_open
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata()
+        saved_model_cfg = ToyModelConfig.from_json(meta["model_config"])
+        if saved_model_cfg != self.model_cfg:
+            raise ValueError(f"{path}: checkpoint model config {saved_model_cfg} differs from {self.model_cfg}")
+        saved = json.loads(meta["train_config"])
+        for key in ("seed", "batch_size", "steps", "lr", "warmup", "lr_floor", "min_snr_gamma",
+                    "prompt_dropout", "omit_style", "ema_decay", "weight_decay", "grad_clip"):
+            if saved[key] != getattr(self.cfg, key):
+                raise ValueError(f"{path}: resuming with {key}={getattr(self.cfg, key)} but the run "
+                                 f"was started with {key}={saved[key]}; use the same settings or a new --out")
+        t = load_file(str(path))
+        self.modules.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
+        self.ema = {k[4:]: v.clone() for k, v in t.items() if k.startswith("ema.")}
+        opt_state = self.opt.state_dict()
+        opt_state["state"] = {}
+        for k, v in t.items():
+            if k.startswith("opt."):
+                _, i, name = k.split(".", 2)
+                opt_state["state"].setdefault(int(i), {})[name] = v
+        self.opt.load_state_dict(opt_state)
+        self.step = int(meta["step"])
+        self.seconds = float(meta["seconds"])
+
+
+def export_weights(ckpt: Path, out: Path, dtype=torch.float16) -> Path:
+    """The shipped file: EMA weights of U-Net (diffusion_model.*) and text encoder
+    (text_encoder.*) in fp16, with the model config, recipe and step as metadata."""
+    from safetensors import safe_open
+    with safe_open(str(ckpt), "pt") as f:
+        meta = f.metadata()
+    t = load_file(str(ckpt))
+    weights = {k[4:]: v.to(dtype).contiguous() for k, v in t.items() if k.startswith("ema.")}
+    with atomic_path(out) as tmp:
+        save_file(weights, str(tmp), metadata={"format": "sae-concepts-toyworld-v1", **meta})
+    return out
+
+
+def train(cfg: ToyTrainConfig, model_cfg: ToyModelConfig | None = None, progress: bool = True,
+          stop_after: int | None = None) -> ToyTrainer:
+    """Run (or resume) training to cfg.steps; `stop_after` ends this session early (tests)."""
+    from tqdm import tqdm
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = ToyTrainer(cfg, model_cfg)
+    ckpt = out / CHECKPOINT
+    if ckpt.exists():
+        trainer.load_checkpoint(ckpt)
+    last = cfg.steps if stop_after is None else min(cfg.steps, trainer.step + stop_after)
+    log = open(out / "train_log.jsonl", "a", encoding="utf-8")
+    bar = tqdm(total=cfg.steps, initial=trainer.step, disable=not progress, desc="toyworld train")
+    running = None
+    while trainer.step < last:
+        t0 = time.perf_counter()
+        loss = trainer.train_step()
+        trainer.seconds += time.perf_counter() - t0
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"toyworld train: loss is {loss} at step {trainer.step}")
+        running = loss if running is None else 0.98 * running + 0.02 * loss
+        bar.update(1)
+        bar.set_postfix(loss=f"{running:.4f}")
+        if trainer.step % 25 == 0:
+            log.write(json.dumps({"step": trainer.step, "loss": round(running, 5),
+                                  "seconds": round(trainer.seconds, 1)}) + "\n")
+            log.flush()
+        if trainer.step % cfg.checkpoint_every == 0 or trainer.step == last:
+            trainer.save_checkpoint(ckpt)
+    bar.close()
+    log.close()
+    return trainer
