@@ -3,8 +3,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
+
+from .errors import OutputError
+
+PROBE_BYTES = 1 << 16
 
 
 @contextlib.contextmanager
@@ -33,3 +38,27 @@ def atomic_path(path: str | os.PathLike):
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def check_writable(folder: str | os.PathLike, what: str, need_bytes: int = 0) -> Path:
+    """Refuse at the start of a stage, not after its work: create `folder`, write and fsync a
+    probe file there (a full disk fails here), and compare the free space with `need_bytes` when
+    the stage can estimate what it will write. `what` names the option, e.g. "--out"."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write_probe_", dir=folder)
+        try:
+            os.write(fd, b"\0" * PROBE_BYTES)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        raise OutputError(f"{what}: cannot write into {folder} ({e.strerror or e}); choose a writable place "
+                          f"with free space") from e
+    free = shutil.disk_usage(folder).free
+    if need_bytes > free:
+        raise OutputError(f"{what}: {folder} needs about {need_bytes / 2**30:.2f} GiB for this run, "
+                          f"{free / 2**30:.2f} GiB are free")
+    return folder

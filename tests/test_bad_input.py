@@ -75,3 +75,135 @@ def test_cli_prints_a_user_facing_error_as_one_line_with_status_2(tmp_path, caps
     assert rc == 2
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("sae-concepts info: error: ") and "sae.0.input_scale" in err
+
+
+# ---- 4 + 5. shards: a checksum per shard; damaged or missing shards are named and redone -------------
+def planted_shards(root, n_shards=4, per_shard=256, d=8, seed=0):
+    from sae_concepts.sae_core.synthetic import PlantedDictionary
+    from sae_concepts.training.storage.shards import ShardWriter, activation_key
+    key = activation_key("middle_block.1", 1.0, "cond")
+    planted = PlantedDictionary.random(d, 16, 2, seed=seed)
+    w = ShardWriter(root, rank=0, run_config={"model_family": "sd1", "d": d})
+    g = torch.Generator().manual_seed(seed + 1)
+    for i in range(n_shards):
+        if i in w.done:
+            continue
+        x, _ = planted.sample(per_shard, torch.Generator().manual_seed(seed * 1000 + i))
+        w.write(i, {f"{key}/acts": x.half(), f"{key}/prompt": torch.full((per_shard,), i, dtype=torch.int64),
+                    f"{key}/pos": torch.arange(per_shard, dtype=torch.int32)}, {"prompt_ids": [i]})
+    return w
+
+
+def corrupt_same_size(path, value: bytes = b"\x00\x3c"):
+    """Overwrite two bytes near the end (inside the acts data) without changing the file's size."""
+    data = bytearray(path.read_bytes())
+    at = len(data) - 4000
+    data[at:at + len(value)] = value
+    path.write_bytes(bytes(data))
+
+
+def train_cmd(tmp_path, **over):
+    from sae_concepts.sae_core import TrainConfig
+    from sae_concepts.training.train.train import TrainCommandConfig
+    cmd = dict(shards=str(tmp_path / "acts"), out=str(tmp_path / "set.safetensors"), expansion_factor=2, k=2,
+               batch_size=128, shuffle_window=512, epochs=1)
+    cmd.update(over)
+    return TrainCommandConfig(**cmd), TrainConfig(lr=1e-3, checkpoint_every=0)
+
+
+@pytest.mark.parametrize("value", [b"\xff\xff", b"\x00\x3c"], ids=["nan", "finite"])
+def test_train_names_a_shard_corrupted_without_changing_size(tmp_path, value):
+    from sae_concepts.training.storage.shards import ShardError
+    from sae_concepts.training.train.train import train_saes
+    planted_shards(tmp_path / "acts")
+    corrupt_same_size(tmp_path / "acts" / "shard_r000_00002.safetensors", value)
+    with pytest.raises(ShardError, match=r"shard_r000_00002\.safetensors is corrupted.*SHA-256.*delete it and "
+                                         r"rerun collect"):
+        train_saes(*train_cmd(tmp_path), progress=False)
+    assert not (tmp_path / "set.safetensors").exists()
+
+
+def test_deleting_a_broken_shard_and_rerunning_the_writer_redoes_exactly_the_missing_and_damaged(tmp_path):
+    from sae_concepts.training.storage.shards import ShardSet
+    root = tmp_path / "acts"
+    planted_shards(root)
+    before = {s["file"]: s["sha256"] for s in ShardSet.open(root).shards}
+    untouched = root / "shard_r000_00000.safetensors"
+    stamp = untouched.stat().st_mtime_ns
+    (root / "shard_r000_00001.safetensors").unlink()                        # the advice: delete it
+    corrupt_same_size(root / "shard_r000_00003.safetensors")                 # or just damaged in place
+    w = planted_shards(root)                                                 # ... and rerun
+    assert sorted(w.repaired) == ["shard_r000_00001.safetensors (missing)",
+                                  "shard_r000_00003.safetensors (damaged: its SHA-256 differs from the one "
+                                  f"recorded when it was written ({before['shard_r000_00003.safetensors'][:12]}...))"]
+    after = ShardSet.open(root)
+    assert {s["file"]: s["sha256"] for s in after.shards} == before       # redone bit for bit
+    assert untouched.stat().st_mtime_ns == stamp                              # the intact ones were not rewritten
+    after.verify_all()
+
+
+# ---- 3. train into an existing --out: resume the same run, refuse another -----------------------------
+def test_train_refuses_an_out_of_another_run_and_says_what_differs(tmp_path, capsys):
+    from sae_concepts.training.train.train import train_saes
+    planted_shards(tmp_path / "acts")
+    cmd, train = train_cmd(tmp_path)
+    first = train_saes(cmd, train, progress=False)
+    # checkpoints live in the run folder beside the shards, not beside the SAE set (e.g. models/sae)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["acts", "set.safetensors"]
+    assert (tmp_path / "acts" / "train_runs" / "set" / "run.json").exists()
+    for change, flag in (({"epochs": 2}, "--epochs: 1 then, 2 now"), ({"batch_size": 64}, "--batch-size"),
+                         ({"k": 3}, "--k: 2 then, 3 now"), ({"expansion_factor": 4}, "--expansion-factor")):
+        with pytest.raises(SAEConceptsError, match=f"{flag}.*to start over, delete .*train_runs/set and "
+                                                   f".*set.safetensors"):
+            train_saes(*train_cmd(tmp_path, **change), progress=False)
+    # other shards (one more shard written into the collection since)
+    planted_shards(tmp_path / "acts", n_shards=5)
+    with pytest.raises(SAEConceptsError, match="the shards in .*acts changed since"):
+        train_saes(cmd, train, progress=False)
+    # an --out that exists with no run recorded for it is not overwritten
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(b"precious")
+    with pytest.raises(SAEConceptsError, match="other.safetensors already exists"):
+        train_saes(*train_cmd(tmp_path, out=str(other)), progress=False)
+    assert other.read_bytes() == b"precious"
+    assert torch.equal(load_sae(tmp_path / "set.safetensors").entries[0].sae.W_dec, first[0].sae.W_dec)
+
+
+def test_train_resume_says_from_which_step(tmp_path, capsys):
+    from sae_concepts.sae_core import TrainConfig
+    from sae_concepts.training.train.train import train_saes
+    planted_shards(tmp_path / "acts")
+    cmd, _ = train_cmd(tmp_path, epochs=2)
+    # a run stopped after 5 of its 16 steps (max_steps is part of the run, so it is the same run
+    # resumed only when the checkpoint says so: here the checkpoint is written every 5 steps and the
+    # process is "killed" by an exception in the data after step 6)
+    import sae_concepts.training.train.train as train_module
+    real = train_module.stream_batches
+
+    def dying(*a, **kw):
+        for i, b in enumerate(real(*a, **kw)):
+            if i == 6:
+                raise KeyboardInterrupt
+            yield b
+    train_module.stream_batches = dying
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_saes(cmd, TrainConfig(lr=1e-3, checkpoint_every=5), progress=False)
+    finally:
+        train_module.stream_batches = real
+    capsys.readouterr()
+    train_saes(cmd, TrainConfig(lr=1e-3, checkpoint_every=5), progress=False)
+    assert "resuming from step 5 of 16" in capsys.readouterr().out
+    train_saes(cmd, TrainConfig(lr=1e-3, checkpoint_every=5), progress=False)
+    assert "already trained" in capsys.readouterr().out
+
+
+# ---- 6. an unwritable output is found before the work ----------------------------------------------------
+def test_train_refuses_an_unwritable_out_before_training(tmp_path):
+    from sae_concepts.training.train.train import train_saes
+    planted_shards(tmp_path / "acts")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(SAEConceptsError, match=r"--out: cannot write into .*a_file"):
+        train_saes(*train_cmd(tmp_path, out=str(blocker / "set.safetensors")), progress=False)
+    assert not (tmp_path / "acts" / "train_runs").exists() or not list((tmp_path / "acts" / "train_runs").rglob("*.ckpt"))

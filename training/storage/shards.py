@@ -3,15 +3,19 @@
 A shard holds, for each key "<block>|t=<t>|<cond>", the tensors
   <key>/acts [n, d] fp16, <key>/prompt [n] int64 (prompt id), <key>/pos [n] int32 (position
   index in the block's h x w grid). A manifest `manifest_rNNN.json` lists the finished shards of
-  one rank; a shard is finished only once listed, and both are written atomically, so a killed
-  run resumes from the last finished shard with nothing lost or duplicated.
+  one rank with each one's size and SHA-256; a shard is finished only once listed, and both are
+  written atomically, so a killed run resumes from the last finished shard with nothing lost or
+  duplicated. A writer reopening a folder checks every listed shard against its size and checksum
+  and redoes exactly the missing or damaged ones: "delete the broken shard and rerun collect" works.
+Readers verify a shard's checksum once per process, before its first use, and name the bad file.
 Reading streams shards through a bounded shuffle window: memory does not grow with the data.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -27,6 +31,27 @@ class ShardError(SAEConceptsError, RuntimeError):
     pass
 
 
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def shard_problem(root: Path, shard: dict) -> str | None:
+    """Why a listed shard cannot be used (missing, other size, other checksum), or None."""
+    path = Path(root) / shard["file"]
+    if not path.exists():
+        return "missing"
+    size = path.stat().st_size
+    if size != shard["bytes"]:
+        return f"damaged: {size} bytes on disk, {shard['bytes']} when written"
+    if shard.get("sha256") and file_sha256(path) != shard["sha256"]:
+        return f"damaged: its SHA-256 differs from the one recorded when it was written ({shard['sha256'][:12]}...)"
+    return None
+
+
 def activation_key(block: str, t: float, cond: str) -> str:
     return f"{block}|t={t:g}|{cond}"
 
@@ -37,7 +62,8 @@ def parse_key(key: str) -> tuple[str, float, str]:
 
 
 class ShardWriter:
-    """Writes the shards of one rank; `done` tells which shard indices are already finished."""
+    """Writes the shards of one rank; `done` tells which shard indices are already finished (listed,
+    present and intact: `repaired` names the listed ones that were not and will be written again)."""
 
     def __init__(self, out_dir, rank: int = 0, run_config: dict | None = None):
         self.out = Path(out_dir)
@@ -58,6 +84,17 @@ class ShardWriter:
                 raise ShardError(f"{self.out} holds a collection made with other settings {diff} "
                                  f"(old, new); use another --out or delete it")
             self.manifest = old
+        self.repaired: list[str] = []
+        intact = []
+        for shard in self.manifest["shards"]:
+            problem = shard_problem(self.out, shard)
+            if problem:
+                self.repaired.append(f"{shard['file']} ({problem})")
+            else:
+                intact.append(shard)
+        if self.repaired:
+            self.manifest["shards"] = intact
+            write_text_atomic(self.manifest_path, json.dumps(self.manifest, indent=1))
 
     @property
     def done(self) -> set[int]:
@@ -68,8 +105,10 @@ class ShardWriter:
         meta = {"sae_concepts_shard": json.dumps({"rank": self.rank, "index": index, **info})}
         with atomic_path(self.out / name) as tmp:
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+            digest = file_sha256(tmp)
         counts = {k[: -len("/acts")]: int(v.shape[0]) for k, v in tensors.items() if k.endswith("/acts")}
-        entry = {"index": index, "file": name, "bytes": (self.out / name).stat().st_size, "counts": counts, **info}
+        entry = {"index": index, "file": name, "bytes": (self.out / name).stat().st_size, "sha256": digest,
+                 "counts": counts, **info}
         self.manifest["shards"] = [s for s in self.manifest["shards"] if s["index"] != index] + [entry]
         self.manifest["shards"].sort(key=lambda s: s["index"])
         write_text_atomic(self.manifest_path, json.dumps(self.manifest, indent=1))
@@ -81,6 +120,7 @@ class ShardSet:
     root: Path
     shards: list[dict]
     config: dict
+    verified: set = field(default_factory=set)   # files whose checksum this process has checked
 
     @classmethod
     def open(cls, root) -> "ShardSet":
@@ -99,20 +139,44 @@ class ShardSet:
         shards.sort(key=lambda s: (s["file"]))
         return cls(root, shards, config)
 
+    def fingerprint(self) -> str:
+        """Changes whenever a shard is added, redone or dropped (names, sizes, checksums, counts)."""
+        listed = [[s["file"], s["bytes"], s.get("sha256", ""), s["counts"]] for s in self.shards]
+        return hashlib.sha256(json.dumps(listed, sort_keys=True).encode()).hexdigest()[:16]
+
     def keys(self) -> list[str]:
         return sorted({k for s in self.shards for k in s["counts"]})
 
     def vectors(self, key: str) -> int:
         return sum(s["counts"].get(key, 0) for s in self.shards)
 
+    def verify(self, shard: dict) -> None:
+        """Size and checksum against the manifest, once per shard and process."""
+        if shard["file"] in self.verified:
+            return
+        path = self.root / shard["file"]
+        problem = shard_problem(self.root, shard)
+        if problem == "missing":
+            raise ShardError(f"shard {path} is listed in the manifest but missing; rerun collect (same "
+                             f"command) to redo it")
+        if problem:
+            raise ShardError(f"shard {path} is corrupted ({problem}); delete it and rerun collect (same "
+                             f"command) to redo it")
+        self.verified.add(shard["file"])
+
+    def verify_all(self, keys=None, progress: bool = False) -> None:
+        """Verify every shard holding one of `keys` (default: all) before a long job starts."""
+        todo = [s for s in self.shards if keys is None or any(s["counts"].get(k) for k in keys)]
+        if progress:
+            from tqdm.auto import tqdm
+            todo = tqdm(todo, desc="verify shards", unit="shard")
+        for shard in todo:
+            self.verify(shard)
+
     def read(self, shard: dict, key: str) -> dict[str, torch.Tensor]:
         """acts/prompt/pos of one key in one shard, checked against the manifest."""
         path = self.root / shard["file"]
-        if not path.exists():
-            raise ShardError(f"shard {path} is listed in the manifest but missing; rerun collect to redo it")
-        if path.stat().st_size != shard["bytes"]:
-            raise ShardError(f"shard {path} is corrupted: {path.stat().st_size} bytes on disk, "
-                             f"{shard['bytes']} when written; delete it and rerun collect to redo it")
+        self.verify(shard)
         try:
             with safe_open(str(path), framework="pt") as f:
                 out = {name: f.get_tensor(f"{key}/{name}") for name in ("acts", "prompt", "pos")}
@@ -122,6 +186,10 @@ class ShardSet:
         if out["acts"].shape[0] != shard["counts"][key]:
             raise ShardError(f"shard {path}: {key} has {out['acts'].shape[0]} vectors, manifest says "
                              f"{shard['counts'][key]}")
+        bad = int((~torch.isfinite(out["acts"])).sum())
+        if bad:
+            raise ShardError(f"shard {path}: {key} holds {bad} NaN/Inf activation value(s) (fp16 overflow in "
+                             f"the model, or a damaged file); delete it and rerun collect to redo it")
         return out
 
 
