@@ -1,21 +1,30 @@
 """Concept dictionaries: which labels each concept id (CID) of an SAE was seen with.
 
-File (JSON): {"format": "sae_concepts.concept_dictionary", "format_version": 1,
+File (JSON): {"format": "sae_concepts.concept_dictionary", "format_version": 2,
+  "built_from": {"sae_file": the SAE set's file name, "fingerprint": the set's content fingerprint},
   "dictionaries": [{"block": ComfyUI path, "t": float | null, "cond": "cond" | "uncond" | "both",
+                    "sae_fingerprint": content fingerprint of that SAE's weights,
                     "concepts": {"<cid>": {"labels": [..], "counts": {label: n}}}}]}
 One entry per SAE of a set; a word looks up the CIDs whose labels contain it (the paper's C_o).
+Concept ids mean something only for the weights they were found in, so every consumer checks the
+fingerprints against the SAE set it is given (`check_built_from`). Version 1 files (no
+fingerprints) still load; they cannot be checked.
 """
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .atomic import write_text_atomic
+from .errors import DictionaryMismatchError, SAEFileError
 from .blocks import canonical_block
-from .errors import SAEFileError
+from .fingerprint import sae_fingerprint, set_fingerprint
 
 FORMAT_NAME = "sae_concepts.concept_dictionary"
+FORMAT_VERSION = 2
+log = logging.getLogger("sae_concepts")
 
 
 def _block_name(block: str) -> str:
@@ -32,6 +41,7 @@ class SAEConcepts:
     t: float | None
     cond: str
     concepts: dict[int, dict] = field(default_factory=dict)   # cid -> {"labels": [...], "counts": {...}}
+    sae_fingerprint: str = ""   # content fingerprint of the SAE the concepts were found in
 
     def labels(self, cid: int) -> list[str]:
         entry = self.concepts.get(int(cid))
@@ -46,9 +56,51 @@ class SAEConcepts:
                       if any(w == lab.lower() or w in lab.lower().split() for lab in e.get("labels", [])))
 
 
+def _sae_key(info) -> tuple:
+    try:
+        block = canonical_block(info.block or info.block_diffusers)
+    except ValueError:
+        block = info.block or info.block_diffusers
+    return block, info.t, info.cond
+
+
 class ConceptDictionary:
-    def __init__(self, entries: list[SAEConcepts], source: str = ""):
+    def __init__(self, entries: list[SAEConcepts], source: str = "", built_from: dict | None = None):
         self.entries, self.source = entries, source
+        self.built_from = built_from or {}   # {"sae_file": name, "fingerprint": set fingerprint}
+
+    @classmethod
+    def for_sae_set(cls, sae_set, entries: list[SAEConcepts]) -> "ConceptDictionary":
+        """A dictionary whose entries record the fingerprints of `sae_set`'s SAEs."""
+        prints = {_sae_key(e.info): sae_fingerprint(e.sae) for e in sae_set}
+        for c in entries:
+            c.sae_fingerprint = prints.get((c.block, c.t, c.cond), "")
+        name = Path(sae_set.source).name if sae_set.source else ""
+        return cls(entries, built_from={"sae_file": name, "fingerprint": set_fingerprint(list(prints.values()))})
+
+    def check_built_from(self, sae_set) -> None:
+        """Raise DictionaryMismatchError unless this dictionary was built from `sae_set`'s weights:
+        every SAE whose (block, t, cond) the dictionary covers must have the recorded fingerprint,
+        and it must cover at least one."""
+        if not self.built_from.get("fingerprint"):
+            log.warning(f"concept dictionary {self.source}: made before dictionaries recorded their SAE set "
+                        f"(format_version 1); cannot check that it belongs to {sae_set.source}")
+            return
+        own = {(e.block, e.t, e.cond): e.sae_fingerprint for e in self.entries}
+        prints = [sae_fingerprint(e.sae) for e in sae_set]
+        covered = [(e, fp) for e, fp in zip(sae_set, prints) if _sae_key(e.info) in own]
+        wrong = [e.info.label() for e, fp in covered if own[_sae_key(e.info)] != fp]
+        if covered and not wrong:
+            return
+        why = (f"its SAEs for {wrong[:3]} have other weights" if wrong else
+               f"it covers none of the set's SAEs (dictionary: {sorted({e.block for e in self.entries})}, "
+               f"SAE set: {sae_set.blocks})")
+        raise DictionaryMismatchError(
+            f"concept dictionary {self.source or '(unsaved)'} was built from the SAE set "
+            f"{self.built_from.get('sae_file') or '?'} (fingerprint {self.built_from['fingerprint']}), not from "
+            f"{sae_set.source or 'this SAE set'} (fingerprint {set_fingerprint(prints)}): {why}, so its concept "
+            f"ids would name other concepts. Use the dictionary made from this SAE set, or rebuild one with "
+            f"`sae-concepts dictionary --sae {sae_set.source or '<this set>'}`")
 
     def for_sae(self, block: str, t: float | None, cond: str) -> SAEConcepts | None:
         block = _block_name(block)
@@ -64,9 +116,10 @@ class ConceptDictionary:
         return sorted({lab for e in self.entries for c in e.concepts.values() for lab in c.get("labels", [])})
 
     def save(self, path) -> None:
-        data = {"format": FORMAT_NAME, "format_version": 1, "dictionaries": [
-            {"block": e.block, "t": e.t, "cond": e.cond,
-             "concepts": {str(k): v for k, v in sorted(e.concepts.items())}} for e in self.entries]}
+        data = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "built_from": self.built_from,
+                "dictionaries": [
+                    {"block": e.block, "t": e.t, "cond": e.cond, "sae_fingerprint": e.sae_fingerprint,
+                     "concepts": {str(k): v for k, v in sorted(e.concepts.items())}} for e in self.entries]}
         write_text_atomic(path, json.dumps(data, indent=1))
 
     @classmethod
@@ -76,12 +129,17 @@ class ConceptDictionary:
         data = read_json(path)
         if data.get("format") != FORMAT_NAME:
             raise SAEFileError(path, f"not a concept dictionary (format must be {FORMAT_NAME!r})")
+        if data.get("format_version", 1) not in (1, FORMAT_VERSION):
+            raise SAEFileError(path, f"format_version {data.get('format_version')!r} is not supported (this "
+                                     f"version reads 1 and {FORMAT_VERSION}); update sae_concepts")
         entries = []
         try:
             for d in data["dictionaries"]:
                 concepts = {int(k): {"labels": list(v.get("labels", [])), "counts": dict(v.get("counts", {}))}
                             for k, v in d["concepts"].items()}
-                entries.append(SAEConcepts(_block_name(d["block"]), d.get("t"), d.get("cond", "both"), concepts))
+                entries.append(SAEConcepts(_block_name(d["block"]), d.get("t"), d.get("cond", "both"), concepts,
+                                           str(d.get("sae_fingerprint", ""))))
+            built_from = dict(data.get("built_from") or {})
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise SAEFileError(path, f"malformed concept dictionary: {type(e).__name__}: {e}") from e
-        return cls(entries, source=str(path))
+        return cls(entries, source=str(path), built_from=built_from)

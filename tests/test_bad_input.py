@@ -207,3 +207,173 @@ def test_train_refuses_an_unwritable_out_before_training(tmp_path):
     with pytest.raises(SAEConceptsError, match=r"--out: cannot write into .*a_file"):
         train_saes(*train_cmd(tmp_path, out=str(blocker / "set.safetensors")), progress=False)
     assert not (tmp_path / "acts" / "train_runs").exists() or not list((tmp_path / "acts" / "train_runs").rglob("*.ckpt"))
+
+
+# ---- a tiny world with known answers: shards, images, masks, a matching SAE and word vectors ------------
+GRID, IMG, D = 4, 32, 8
+KEY_BLOCK = "middle_block.1"
+
+
+def save_png_image(path, arr):
+    from PIL import Image
+    import numpy as np
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((np.asarray(arr) * 255).astype("uint8")).save(path)
+
+
+def tiny_world(root, n_images=6, seed=0):
+    """Each image: a 'dog' in one 2x2 quadrant of a 4x4 grid, 'sky' elsewhere; the activation at a
+    position is its label's direction plus a little noise. Returns the collection folder."""
+    import torch.nn.functional as F
+    from sae_concepts.training.storage.masks import save_mask
+    from sae_concepts.training.storage.shards import ShardWriter, activation_key
+    key = activation_key(KEY_BLOCK, 1.0, "cond")
+    g = torch.Generator().manual_seed(seed)
+    w = ShardWriter(root, run_config={"model_family": "sd1", "d": D})
+    acts, prompts = [], []
+    for pid in range(n_images):
+        q = pid % 4
+        grid = torch.zeros(GRID, GRID, dtype=torch.bool)
+        grid[2 * (q // 2):2 * (q // 2) + 2, 2 * (q % 2):2 * (q % 2) + 2] = True
+        labels = grid.flatten().long()                                    # 1 = dog, 0 = sky
+        acts.append(3 * F.one_hot(1 - labels, D).float() + 0.05 * torch.randn(GRID * GRID, D, generator=g))
+        prompts.append(torch.full((GRID * GRID,), pid, dtype=torch.int64))
+        up = F.interpolate(grid[None, None].float(), size=(IMG, IMG), mode="nearest")[0, 0] > 0.5
+        save_mask(root / "masks", pid, "dog", up)
+        save_mask(root / "masks", pid, "sky", ~up)
+        save_png_image(root / "images" / f"{pid:06d}.png", up[..., None].float().expand(IMG, IMG, 3))
+    w.write(0, {f"{key}/acts": torch.cat(acts).half(), f"{key}/prompt": torch.cat(prompts),
+                f"{key}/pos": torch.arange(GRID * GRID, dtype=torch.int32).repeat(n_images)},
+            {"prompt_ids": list(range(n_images)), "grids": {KEY_BLOCK: [GRID, GRID]}})
+    (root.parent / "vectors.txt").write_text("dog 1 0 0\nsky 0 1 0\ncat 0.9 0.2 0\n")
+    return root
+
+
+def matching_set(path, seed=0):
+    """An SAE whose concepts 0 and 1 are the world's "dog" and "sky" directions (k = 1)."""
+    g = torch.Generator().manual_seed(seed)
+    sae = TopKSAE(SaeConfig(d_in=D, n_latents=16, k=1))
+    with torch.no_grad():
+        w = 0.1 * torch.randn(16, D, generator=g)
+        w[0], w[1] = torch.eye(D)[0], torch.eye(D)[1]
+        sae.encoder_weight.copy_(w)
+        sae.W_dec.copy_(w / w.norm(dim=1, keepdim=True))
+    save_sae_set(path, [SAEEntry(sae, SAEInfo(block=KEY_BLOCK, t=1.0, cond="cond"))])
+    return path
+
+
+@pytest.fixture
+def world(tmp_path):
+    from sae_concepts.training.dictionary.dictionary import DictionaryConfig, build_dictionary
+    acts = tiny_world(tmp_path / "eval")
+    sae = matching_set(tmp_path / "set.safetensors")
+    build_dictionary(DictionaryConfig(shards=str(acts), sae=str(sae), masks=str(acts / "masks"),
+                                      out=str(tmp_path / "dict.json"), word_vectors=str(tmp_path / "vectors.txt"),
+                                      mask_size=IMG), progress=False)
+    return tmp_path
+
+
+def evaluate_cfg(world, **over):
+    from sae_concepts.training.evaluate.evaluate import EvaluateConfig
+    cfg = dict(shards=str(world / "eval"), sae=str(world / "set.safetensors"), dictionary=str(world / "dict.json"),
+               masks=str(world / "eval" / "masks"), out=str(world / "metrics.json"),
+               word_vectors=str(world / "vectors.txt"), mask_size=IMG)
+    cfg.update(over)
+    return EvaluateConfig(**cfg)
+
+
+def strict_json(path):
+    import json
+
+    def refuse(name):
+        raise AssertionError(f"{path} holds {name}")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_the_tiny_world_gives_a_perfect_score(world):
+    from sae_concepts.sae_core.concept_dictionary import ConceptDictionary
+    from sae_concepts.training.evaluate.evaluate import evaluate
+    d = ConceptDictionary.load(world / "dict.json").entries[0]
+    assert d.labels(0) == ["dog"] and d.labels(1) == ["sky"]
+    rows = evaluate(evaluate_cfg(world))
+    assert rows[0]["composition_iou"] > 0.8 and rows[0]["objects"] == 12   # bilinear edges cost a little
+    assert strict_json(world / "metrics.json")["masks"]["objects_scored_per_label"] == {"dog": 6, "sky": 6}
+
+
+# ---- 1. evaluate --masks: nothing matching is refused, partial matches are counted, never NaN ----------
+@pytest.mark.parametrize("layout", ["missing", "empty", "by_label", "other_ids"])
+def test_evaluate_refuses_masks_that_match_no_image(world, layout):
+    from sae_concepts.training.evaluate.evaluate import evaluate
+    masks = world / "masks_wrong"
+    if layout == "empty":
+        masks.mkdir()
+    elif layout == "by_label":          # <masks>/<label>/<id>.png: a plausible wrong layout
+        (masks / "dog").mkdir(parents=True)
+        (world / "eval" / "masks" / "000000" / "dog.png").rename(masks / "dog" / "000000.png")
+    elif layout == "other_ids":         # masks of other images
+        masks.mkdir()
+        (world / "eval" / "masks" / "000001").rename(masks / "000099")
+    with pytest.raises(SAEConceptsError, match=r"--masks .*masks_wrong.*expected .*<masks>/<image id, 6 digits>/"
+                                               r"<label>\.png"):
+        evaluate(evaluate_cfg(world, masks=str(masks)))
+    assert not (world / "metrics.json").exists()
+
+
+def test_evaluate_counts_partial_mask_coverage_per_label_and_writes_no_nan(world, capsys):
+    import shutil
+    for pid in (0, 1, 2, 3):
+        shutil.rmtree(world / "eval" / "masks" / f"{pid:06d}")
+    (world / "eval" / "masks" / "000004" / "sky.png").unlink()
+    rc, out, err = run_cli(capsys, "evaluate", "--shards", world / "eval", "--sae", world / "set.safetensors",
+                           "--dictionary", world / "dict.json", "--masks", world / "eval" / "masks",
+                           "--out", world / "metrics.json", "--word-vectors", world / "vectors.txt",
+                           "--mask-size", IMG)
+    assert rc == 0, err
+    assert "masks: 2 of 6 evaluation images have masks" in out and "dog 2, sky 1" in out
+    metrics = strict_json(world / "metrics.json")
+    assert metrics["masks"]["images_with_masks"] == 2 and metrics["masks"]["images"] == 6
+    assert metrics["masks"]["masks_per_label"] == {"dog": 2, "sky": 1}
+    assert metrics["rows"][0]["objects_per_label"] == {"dog": 2, "sky": 1}
+
+
+def test_undefined_metrics_are_null_not_nan(world, capsys):
+    """One labelled concept only: inter-concept similarity is undefined; it is written as null."""
+    import json
+    d = json.loads((world / "dict.json").read_text())
+    del d["dictionaries"][0]["concepts"]["0"]
+    (world / "dict.json").write_text(json.dumps(d))
+    rc, out, _ = run_cli(capsys, "evaluate", "--shards", world / "eval", "--sae", world / "set.safetensors",
+                         "--dictionary", world / "dict.json", "--out", world / "metrics.json",
+                         "--word-vectors", world / "vectors.txt")
+    assert rc == 0
+    row = strict_json(world / "metrics.json")["rows"][0]
+    assert row["inter_concept_similarity"] is None and row["labelled_concepts"] == 1
+    assert "nan" not in out.lower()
+
+
+def test_masks_of_another_size_than_their_image_are_refused(world):
+    from sae_concepts.training.evaluate.evaluate import evaluate
+    from sae_concepts.training.storage.masks import save_mask
+    save_mask(world / "eval" / "masks", 3, "dog", torch.ones(16, 16, dtype=torch.bool))
+    with pytest.raises(SAEConceptsError, match=r"000003/dog\.png is 16x16 pixels, but image 000003 is 32x32"):
+        evaluate(evaluate_cfg(world))
+
+
+# ---- 2. a dictionary belongs to the SAE set it was built from ----------------------------------------
+def test_a_dictionary_from_another_sae_set_is_refused_naming_both_files(world, capsys):
+    from sae_concepts.training.evaluate.evaluate import evaluate
+    from sae_concepts.training.report.report import build_report
+    other = matching_set(world / "retrained.safetensors", seed=1)     # same blocks, other weights
+    with pytest.raises(SAEConceptsError, match=r"dict\.json was built from the SAE set set\.safetensors "
+                                               r"\(fingerprint \w+\), not from .*retrained\.safetensors"):
+        evaluate(evaluate_cfg(world, sae=str(other)))
+    evaluate(evaluate_cfg(world))                                      # the right pair works
+    with pytest.raises(SAEConceptsError, match="retrained.safetensors"):
+        build_report(world / "report", other, world / "dict.json", world / "metrics.json", world / "eval")
+    # a copy of the right set under another name is the same set: the fingerprint is of the weights
+    import shutil
+    shutil.copy(world / "set.safetensors", world / "renamed.safetensors")
+    evaluate(evaluate_cfg(world, sae=str(world / "renamed.safetensors")))
+    rc, _, err = run_cli(capsys, "evaluate", "--shards", world / "eval", "--sae", other, "--dictionary",
+                         world / "dict.json", "--out", world / "m2.json", "--word-vectors", world / "vectors.txt")
+    assert rc == 2 and err.count("\n") == 1 and "retrained.safetensors" in err

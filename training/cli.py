@@ -91,9 +91,13 @@ def cmd_segment(a) -> int:
 
 def cmd_evaluate(a) -> int:
     from .dataclass_cli import dataclass_from_args
-    from .evaluate.evaluate import EvaluateConfig, evaluate, format_table
+    import json
+    from .evaluate.evaluate import EvaluateConfig, evaluate, format_masks, format_table
     cfg = dataclass_from_args(EvaluateConfig, a)
     print(format_table(evaluate(cfg)))
+    masks = json.loads(Path(cfg.out).read_text()).get("masks")
+    if masks:
+        print(format_masks(masks))
     print(f"metrics: {cfg.out}")
     return 0
 

@@ -17,8 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from ...sae_core import load_sae
+from ...sae_core.atomic import check_writable
 from ...sae_core.concept_dictionary import ConceptDictionary, SAEConcepts
-from ..storage.masks import image_masks
+from ...sae_core.errors import ConfigError, finite, require
+from ..storage.masks import LAYOUT, image_masks, image_size, mask_coverage
 from ..segment.segment import SegmentConfig, segment_images
 from ..storage.shards import ShardSet, activation_key
 
@@ -48,7 +50,7 @@ def image_codes(shards: ShardSet, key: str):
             sel = data["prompt"] == pid
             pos = data["pos"][sel].long()
             if pos.numel() != h * w:
-                raise ValueError(f"{shards.root}: image {pid} has {pos.numel()} of {h * w} positions for {key}; "
+                raise ConfigError(f"{shards.root}: image {pid} has {pos.numel()} of {h * w} positions for {key}; "
                                  f"the dictionary needs every position (collect with --positions 0)")
             rows = torch.empty(h * w, data["acts"].shape[1])
             rows[pos] = data["acts"][sel].float()
@@ -81,17 +83,30 @@ def iou_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / union.clamp_min(1)
 
 
+def check_config(cfg: DictionaryConfig) -> None:
+    require(bool(cfg.shards), "dictionary needs --shards (a held-out collection from `sae-concepts collect`)")
+    require(bool(cfg.sae), "dictionary needs --sae (an SAE set file)")
+    require(0 <= finite("--threshold", cfg.threshold) < 1,
+            f"--threshold applies to maps normalised to [0, 1], so it must be in [0, 1), got {cfg.threshold}")
+    require(0 < finite("--iou", cfg.iou) < 1, f"--iou must be in (0, 1), got {cfg.iou}")
+    require(cfg.mask_size > 0, f"--mask-size must be positive, got {cfg.mask_size}")
+
+
 def build_dictionary(cfg: DictionaryConfig, progress: bool = True,
                      segment: SegmentConfig | None = None) -> ConceptDictionary:
     """With segmenter weights in `segment`, masks are made first (into --masks, default
     <shards>/masks); otherwise --masks must hold the user's own."""
+    check_config(cfg)
+    check_writable(Path(cfg.out).parent, "--out")
     shards = ShardSet.open(cfg.shards)
     sae_set = load_sae(cfg.sae)
     if segment is not None and segment.enabled():
         cfg.masks = str(segment_images(cfg.shards, cfg.masks, segment, progress=progress))
     if not cfg.masks or not Path(cfg.masks).is_dir():
-        raise ValueError(f"masks folder {cfg.masks!r} not found: give --masks <folder>/<id>/<label>.png, "
-                         f"or --grounding-dino and --sam weight folders to make them")
+        raise ConfigError(f"masks folder {cfg.masks!r} not found: give --masks with object masks laid out as "
+                          f"{LAYOUT}, or --grounding-dino and --sam weight folders to make them")
+    mask_coverage(cfg.masks, [pid for s in shards.shards for pid in s.get("prompt_ids", [])])
+    images_dir = Path(cfg.shards) / "images"
     entries = []
     for e in sae_set:
         key = activation_key(e.info.block, e.info.t if e.info.t is not None else 1.0, e.info.cond)
@@ -104,7 +119,7 @@ def build_dictionary(cfg: DictionaryConfig, progress: bool = True,
             from tqdm.auto import tqdm
             it = tqdm(images, desc=f"dictionary {key}", unit="image")
         for pid, rows, hw in it:
-            masks = image_masks(cfg.masks, pid, cfg.mask_size)
+            masks = image_masks(cfg.masks, pid, cfg.mask_size, expect_size=image_size(images_dir, pid))
             if not masks:
                 continue
             ids, maps = concept_maps(e.sae, rows, hw)
@@ -117,9 +132,13 @@ def build_dictionary(cfg: DictionaryConfig, progress: bool = True,
         concepts = {cid: {"labels": labs, "counts": dict(Counter(labs))} for cid, labs in sorted(labels.items())}
         entries.append(SAEConcepts(e.info.block, e.info.t, e.info.cond, concepts))
     if not entries:
-        raise ValueError(f"none of the SAE set's (block, t, cond) are in {cfg.shards}: "
-                         f"SAEs {[x.info.label() for x in sae_set]}, shards {shards.keys()}")
-    dictionary = ConceptDictionary(entries)
+        raise ConfigError(f"none of the SAE set's (block, t, cond) are in {cfg.shards}: "
+                          f"SAEs {[x.info.label() for x in sae_set]}, shards {shards.keys()}")
+    if not any(e.concepts for e in entries):
+        raise ConfigError(f"no concept of {cfg.sae} overlaps any mask in {cfg.masks} with IoU > {cfg.iou} (activation "
+                          f"threshold {cfg.threshold}): the dictionary would be empty. Check that the masks belong "
+                          f"to the images of {cfg.shards}, or lower --iou / --threshold")
+    dictionary = ConceptDictionary.for_sae_set(sae_set, entries)
     dictionary.save(cfg.out)
     save_embeddings(dictionary, cfg.word_vectors, Path(cfg.out).with_suffix(".embeddings.npz"))
     return dictionary

@@ -4,18 +4,22 @@ from concept maps (method.md)."""
 from __future__ import annotations
 
 import json
+import math
+from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ...sae_core import SD1_BLOCKS, load_sae
-from ...sae_core.atomic import write_text_atomic
+from ...sae_core.atomic import check_writable, write_text_atomic
 from ...sae_core.concept_dictionary import ConceptDictionary
+from ...sae_core.errors import ConfigError, finite, require
 from ..dictionary.dictionary import concept_embeddings, image_codes, iou_matrix
-from ..storage.masks import image_masks
-from ..storage.shards import ShardSet, activation_key
+from ..storage.masks import image_masks, image_size, mask_coverage
+from ..storage.shards import ShardError, ShardSet, activation_key
 from ..dictionary.word_vectors import cosine, embed_label, load_word_vectors
 
 
@@ -50,6 +54,9 @@ def reconstruction_metrics(sae, shards: ShardSet, key: str, chunk: int = 8192) -
             l0 += (code.values > 0).sum().item()
             fired[code.indices[code.values > 0]] = True
     total_var = sum_x2 - (sum_x.pow(2).sum().item() / n)
+    if not total_var > 0:
+        raise ShardError(f"{shards.root}: the {n} activation(s) of {key} do not vary, so FVU is undefined; "
+                         f"evaluate on a collection with more than one distinct vector per key")
     return {"vectors": n, "fvu": sum_err / total_var, "l0": l0 / n, "dead_fraction": 1 - fired.float().mean().item()}
 
 
@@ -62,24 +69,30 @@ def dictionary_quality(emb: dict[int, np.ndarray], labels: dict[int, list[str]],
         if vecs and cid in emb:
             coh.append(np.mean([cosine(v, emb[cid]) for v in vecs]))
     centres = np.stack([emb[c] for c in sorted(emb)]) if emb else np.zeros((0, 1))
-    inter = float("nan")
+    inter = None   # undefined below two labelled concepts; written as null, never NaN
     if len(centres) > 1:
         unit = centres / np.linalg.norm(centres, axis=1, keepdims=True).clip(1e-12)
         sim = unit @ unit.T
         inter = float((sim.sum() - np.trace(sim)) / (len(sim) * (len(sim) - 1)))
-    return {"labelled_concepts": len(emb), "cohesion": float(np.mean(coh)) if coh else float("nan"),
+    return {"labelled_concepts": len(emb), "cohesion": float(np.mean(coh)) if coh else None,
             "inter_concept_similarity": inter}
 
 
 def composition_iou(sae, shards, key, emb, masks_root, kv, threshold, size) -> dict:
     """The paper's composition prediction: top concept per position -> its embedding -> cosine
-    with the object's word vector -> thresholded score map -> IoU with the object's mask."""
+    with the object's word vector -> thresholded score map -> IoU with the object's mask.
+    Objects are counted per label; IoU is None (null) when no object could be scored."""
     ious = []
+    per_label: Counter = Counter()
+    no_vector: set = set()
     ids_with = torch.tensor(sorted(emb), dtype=torch.long)
     table = torch.from_numpy(np.stack([emb[c] for c in sorted(emb)])).float() if emb else None
+    images = Path(shards.root) / "images"
     for pid, rows, hw in image_codes(shards, key):
-        masks = image_masks(masks_root, pid, size)
-        if not masks or table is None:
+        if table is None:
+            break
+        masks = image_masks(masks_root, pid, size, expect_size=image_size(images, pid))
+        if not masks:
             continue
         with torch.no_grad():
             code = sae.encode(rows)
@@ -90,19 +103,53 @@ def composition_iou(sae, shards, key, emb, masks_root, kv, threshold, size) -> d
         for label, mask in masks.items():
             word = embed_label(kv, label)
             if word is None:
+                no_vector.add(label)
                 continue   # method.md: words the vectors lack are skipped
             w = torch.from_numpy(word).float()
             sims = F.cosine_similarity(table, w[None], dim=1)
             score = torch.where(slot >= 0, sims[slot.clamp_min(0)], torch.zeros(()))
             up = F.interpolate(score.reshape(1, 1, *hw), size=(size, size), mode="bilinear", align_corners=False)[0, 0]
             ious.append(iou_matrix((up > threshold)[None], mask[None])[0, 0].item())
-    return {"composition_iou": float(np.mean(ious)) if ious else float("nan"), "objects": len(ious)}
+            per_label[label] += 1
+    return {"composition_iou": float(np.mean(ious)) if ious else None, "objects": len(ious),
+            "objects_per_label": dict(sorted(per_label.items())),
+            "labels_without_word_vector": sorted(no_vector)}
+
+
+def check_config(cfg: EvaluateConfig) -> None:
+    require(bool(cfg.shards), "evaluate needs --shards (an evaluation collection from `sae-concepts collect`)")
+    require(bool(cfg.sae), "evaluate needs --sae (an SAE set file)")
+    require(not cfg.masks or bool(cfg.dictionary),
+            "--masks needs --dictionary: composition IoU compares concept maps, named by the dictionary, with masks")
+    require(-1 <= finite("--score-threshold", cfg.score_threshold) < 1,
+            f"--score-threshold is a cosine similarity, so it must be in [-1, 1), got {cfg.score_threshold}")
+    require(cfg.mask_size > 0, f"--mask-size must be positive, got {cfg.mask_size}")
+
+
+def no_nan(value):
+    """NaN is never written as a result: undefined figures are null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: no_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [no_nan(v) for v in value]
+    return value
 
 
 def evaluate(cfg: EvaluateConfig) -> list[dict]:
+    """Rows of metrics per SAE, also written to cfg.out with a "masks" summary (how many evaluation
+    images had masks, objects scored per label; null without --masks)."""
+    check_config(cfg)
+    check_writable(Path(cfg.out).parent, "--out")
     shards = ShardSet.open(cfg.shards)
     sae_set = load_sae(cfg.sae)
     dictionary = ConceptDictionary.load(cfg.dictionary) if cfg.dictionary else None
+    if dictionary is not None:
+        dictionary.check_built_from(sae_set)
+    masks = None
+    if cfg.masks:
+        masks = mask_coverage(cfg.masks, [pid for s in shards.shards for pid in s.get("prompt_ids", [])])
     kv = load_word_vectors(cfg.word_vectors)
     rows = []
     for e in sae_set:
@@ -120,19 +167,40 @@ def evaluate(cfg: EvaluateConfig) -> list[dict]:
                                            cfg.mask_size))
         rows.append(row)
     if not rows:
-        raise ValueError(f"no SAE of {cfg.sae} has activations in {cfg.shards} (keys {shards.keys()})")
+        raise ConfigError(f"no SAE of {cfg.sae} has activations in {cfg.shards}: SAEs "
+                          f"{[e.info.label() for e in sae_set]}, keys in the shards {shards.keys()}")
+    if masks is not None:
+        scored = sum(r.get("objects", 0) for r in rows)
+        if not scored:
+            unknown = sorted({lab for r in rows for lab in r.get("labels_without_word_vector", [])})
+            raise ConfigError(
+                f"--masks {cfg.masks}: {masks['images_with_masks']} of {masks['images']} images have masks, but no "
+                f"object could be scored: " + (f"the word vectors know none of their labels {unknown}" if unknown
+                                               else f"the dictionary {cfg.dictionary} labels no concept of these SAEs"))
+        masks["objects_scored_per_label"] = dict(sorted(sum((Counter(r.get("objects_per_label", {}))
+                                                             for r in rows), Counter()).items()))
     order = {b: i for i, b in enumerate(SD1_BLOCKS)}
+    rows = [no_nan(r) for r in rows]
     rows.sort(key=lambda r: (order.get(r["block"], 99), -(r["t"] if r["t"] is not None else 2), r["cond"]))
-    write_text_atomic(cfg.out, json.dumps({"rows": rows}, indent=1))
+    write_text_atomic(cfg.out, json.dumps({"rows": rows, "masks": masks}, indent=1, allow_nan=False))
     return rows
 
 
+def format_masks(masks: dict) -> str:
+    per = ", ".join(f"{lab} {n}" for lab, n in masks.get("objects_scored_per_label", {}).items()) or "none"
+    return (f"masks: {masks['images_with_masks']} of {masks['images']} evaluation images have masks in "
+            f"{masks['folder']}; objects scored per label (all SAEs): {per}")
+
+
 def format_table(rows: list[dict]) -> str:
+    def cell(r, key, width, fmt):
+        v = r.get(key)
+        return f"{v:>{width}{fmt}}" if v is not None else f"{'-':>{width}}"   # undefined: shown as "-"
     head = f"{'block':<18} {'t':>4} {'cond':<6} {'FVU':>6} {'L0':>5} {'dead':>5} {'cohes.':>7} {'inter':>6} {'IoU':>5}"
     lines = [head]
     for r in rows:
-        f = lambda k: r.get(k, float("nan"))
-        lines.append(f"{r['block']:<18} {r['t'] if r['t'] is not None else -1:>4.1f} {r['cond']:<6} {f('fvu'):>6.3f} "
-                     f"{f('l0'):>5.1f} {f('dead_fraction'):>5.2f} {f('cohesion'):>7.3f} "
-                     f"{f('inter_concept_similarity'):>6.3f} {f('composition_iou'):>5.2f}")
+        lines.append(f"{r['block']:<18} {r['t'] if r['t'] is not None else -1:>4.1f} {r['cond']:<6} "
+                     f"{cell(r, 'fvu', 6, '.3f')} {cell(r, 'l0', 5, '.1f')} {cell(r, 'dead_fraction', 5, '.2f')} "
+                     f"{cell(r, 'cohesion', 7, '.3f')} {cell(r, 'inter_concept_similarity', 6, '.3f')} "
+                     f"{cell(r, 'composition_iou', 5, '.2f')}")
     return "\n".join(lines)

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from ...sae_core import load_sae
+from ...sae_core.atomic import check_writable, write_text_atomic
 from ...sae_core.concept_dictionary import ConceptDictionary
-from ...sae_core.atomic import write_text_atomic
 from ..dictionary.dictionary import image_codes
 from ..storage.shards import ShardSet, activation_key
 
@@ -110,12 +110,12 @@ def concept_cards(sae_entry, concepts, shards: ShardSet, key: str, images_dir: P
 
 def build_report(out: Path, sae_path, dict_path, metrics_path, eval_shards, masks_dir=None, images_dir=None,
                  synthetic_note: str = "", truth: list | None = None, smoke: dict | None = None) -> Path:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_writable(out, "--out")
     rows = json.loads(Path(metrics_path).read_text())["rows"]
-    plots = plot_metrics(rows, out)
     sae_set = load_sae(sae_path)
     dictionary = ConceptDictionary.load(dict_path)
+    dictionary.check_built_from(sae_set)
+    plots = plot_metrics(rows, out)
     shards = ShardSet.open(eval_shards)
     images_dir = Path(images_dir) if images_dir else Path(eval_shards) / "images"
     sections = []
