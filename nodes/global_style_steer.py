@@ -5,7 +5,8 @@ import logging
 
 from comfy_api.latest import io
 
-from .sae_type import SAE
+from .concept_choice import check_concept, concept_inputs, concept_text
+from .sae_type import CATEGORY, SAE, node_id
 from .steering import steer_model
 from .window_inputs import block_input, mode_input, window_inputs
 
@@ -16,17 +17,16 @@ class GlobalStyleSteer(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="GlobalStyleSteer",
+            node_id=node_id("GlobalStyleSteer"),
             display_name="Global Style Steer",
-            category="sae_concepts",
+            category=CATEGORY,
             description="Adds beta * ||z_ij|| / sum ||z|| * f_c at every position of the block. In the "
                         "middle window it changes style (the paper: 93 % success); early it changes "
                         "composition instead, late only texture.",
             inputs=[
                 io.Model.Input("model", tooltip="The model to steer; the original stays unsteered."),
                 SAE.Input("sae", tooltip="From Load SAE."),
-                io.String.Input("concept", default="0",
-                                tooltip="Concept ids ('12, 40') or a word looked up in the SAE's dictionary."),
+                *concept_inputs("to push everywhere (a style)"),
                 io.Float.Input("beta", default=10.0, min=-100000.0, max=100000.0, step=0.5,
                                tooltip="Total strength, spread over positions in proportion to their SAE "
                                        "code norm. The paper: 8 early, 10 middle, 10 final."),
@@ -38,9 +38,16 @@ class GlobalStyleSteer(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, sae, concept, beta, block, start_percent, end_percent, rows, mode="paper") -> io.NodeOutput:
+    def execute(cls, model, sae, concept, beta, block, start_percent, end_percent, rows, mode="paper",
+                concept_ids=None) -> io.NodeOutput:
+        concept = concept_text(concept, concept_ids)
         steered, edits = steer_model(model, sae, block, concept, "global", beta, start_percent, end_percent, rows,
                                      mode=mode)
         for path, edit in edits.items():
             log.info(f"GlobalStyleSteer: {concept!r} at {path}, {edit.window.paper_t()}, rows={rows}, mode={mode}")
         return io.NodeOutput(steered)
+
+    @classmethod
+    def validate_inputs(cls, concept, concept_ids=None):
+        """At queue time: an unknown word is refused with the nearest labels."""
+        return check_concept(concept, concept_ids, "Global Style Steer")

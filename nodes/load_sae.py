@@ -7,7 +7,7 @@ from comfy_api.latest import io
 from ..sae_core import SD1_BLOCKS, SAEInfo, load_sae
 from ..sae_core.concept_dictionary import ConceptDictionary
 from .model_folders import dictionary_files, sae_files
-from .sae_type import SAE
+from .sae_type import CATEGORY, SAE, node_id
 
 FROM_FILE = "from file"
 # "<family> <diffusers block name>": what a foreign SAE (SDLens, SAELens) was trained on.
@@ -22,9 +22,9 @@ class LoadSAE(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="LoadSAE",
+            node_id=node_id("LoadSAE"),
             display_name="Load SAE",
-            category="sae_concepts",
+            category=CATEGORY,
             description="Loads a sparse autoencoder (or a set of them, one per block / timestep / cond) "
                         "from ComfyUI/models/sae.",
             inputs=[
@@ -36,10 +36,11 @@ class LoadSAE(io.ComfyNode):
                                tooltip="Concept dictionary (.json from `sae-concepts dictionary`) that "
                                        "names each concept id; lets steering nodes take words."),
                 io.Combo.Input("block_for_foreign", options=[FROM_FILE] + FOREIGN_BLOCKS, default=FROM_FILE,
-                               tooltip="SDLens / SAELens files do not record which model family and U-Net block "
-                                       "they were trained on: pick it here (SDLens SDXL-Turbo SAEs: sdxl "
-                                       "down_blocks.2.attentions.1, mid_block.attentions.0, up_blocks.0.attentions.0 "
-                                       "or .1). Native files know their block."),
+                               tooltip="The model family and block a foreign SAE was trained on. 'from file': "
+                                       "native files record it; SAELens files name it in hook_name; SDLens and "
+                                       "SAELens folders are read by name (SDLens's own layout: "
+                                       "'<block>_k10_hidden5120_.../final', e.g. up_blocks.0.attentions.1, taken "
+                                       "as SDXL). Pick it here where neither says."),
             ],
             outputs=[SAE.Output(display_name="sae", tooltip="The SAE set.")],
         )
@@ -54,8 +55,9 @@ class LoadSAE(io.ComfyNode):
         sae_set = load_sae(path, info=info)
         for e in sae_set:
             if not (e.info.block or e.info.block_diffusers):
-                raise ValueError(f"LoadSAE: {sae_name} ({e.info.source_format}) does not say which U-Net block "
-                                 f"it was trained on; choose it in block_for_foreign")
+                raise ValueError(f"Load SAE: {sae_name} ({e.info.source_format}) names no block, neither in its "
+                                 f"config nor in its folder names; choose it in block_for_foreign, one of: "
+                                 f"{', '.join(FOREIGN_BLOCKS)}")
         if dictionary != "none":
             sae_set.dictionary = ConceptDictionary.load(
                 folder_paths.get_full_path_or_raise("sae_dictionaries", dictionary))
@@ -66,7 +68,7 @@ class LoadSAE(io.ComfyNode):
         """Runs when a prompt is queued, so a workflow whose SAE file is missing is refused up front
         with the folders searched (a missing dictionary is caught by the combo check)."""
         if folder_paths.get_full_path("sae", sae_name) is None:
-            return (f"LoadSAE: SAE file {sae_name!r} not found in models/sae "
+            return (f"Load SAE: SAE file {sae_name!r} not found in models/sae "
                     f"({', '.join(folder_paths.get_folder_paths('sae'))})")
         return True
 

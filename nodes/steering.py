@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from ..sae_core import SAESet
 from ..sae_core.interventions import global_steer, sdlens_paint, spatial_steer
 from ..sae_core.sae_set import select_entry
-from .block_patch import BlockCall, TimestepWindow, patch_block, sigma_to_t
-from .model_blocks import entry_block, resolve_block, transformer_blocks
+from ..host.block_patch import BlockCall, TimestepWindow, patch_block, sigma_to_t
+from ..host.model_blocks import entry_block, resolve_block, transformer_blocks
+from .sae_memory import DeviceFallback, attach_saes
 
 log = logging.getLogger("sae_concepts")
 ROWS = ["cond", "uncond", "both"]
@@ -79,15 +80,17 @@ class ConceptSteerEdit:
         self.ids, self.words = parse_concept(concept)
         self.mask = mask
         self._cache: dict = {}
+        self._device = DeviceFallback()
         self._warned: set = set()
         if self.words:
             if self.dictionary is None:
                 raise ValueError(f"concept {concept!r} is a word, which needs a concept dictionary: pick one "
                                  f"in LoadSAE, or give concept ids (e.g. '12, 40')")
             if not any(self._ids_for(e) for e in entries):
-                vocab = self.dictionary.vocabulary()
-                raise ValueError(f"no concept of block {block} is labelled {self.words}; the dictionary knows "
-                                 f"{len(vocab)} labels, e.g. {vocab[:25]}")
+                from .concept_choice import nearest_labels
+                labels = sorted({lab for e in entries for lab in self._block_labels(e)})
+                raise ValueError(f"no concept of block {block} is labelled {self.words}; nearest labels the "
+                                 f"dictionary has there: {nearest_labels(self.words[0], labels)}")
         else:
             for e in entries:
                 bad = [i for i in self.ids if not 0 <= i < e.sae.n_latents]
@@ -113,6 +116,11 @@ class ConceptSteerEdit:
                                            entry.info.cond)
         return sorted({cid for w in self.words for cid in concepts.lookup(w)}) if concepts else []
 
+    def _block_labels(self, entry) -> list[str]:
+        concepts = self.dictionary.for_sae(entry.info.block or entry.info.block_diffusers, entry.info.t,
+                                           entry.info.cond)
+        return sorted({lab for c in concepts.concepts.values() for lab in c.get("labels", [])}) if concepts else []
+
     def _cached(self, key, make):
         if key not in self._cache:   # once per SAE and device / block size, not on every U-Net call
             self._cache[key] = make()
@@ -123,7 +131,11 @@ class ConceptSteerEdit:
         if not bool(active.any()):
             return None
         B, C, H, W = delta.shape
-        change = torch.zeros_like(delta, dtype=torch.float32)
+        # The SAE math runs in float32 one image at a time (fp16/bf16 Delta is upcast per image);
+        # the change is kept in Delta's dtype, clamped to its finite range: the paper's beta * ||z||
+        # can exceed fp16's 65504, which would turn the whole image into NaN.
+        change = torch.zeros_like(delta)
+        limit = torch.finfo(delta.dtype).max if delta.dtype.is_floating_point else None
         touched = False
         kinds = call.row_kinds
         # Image index inside its cond/uncond chunk, to pick the mask of a mask batch.
@@ -145,7 +157,7 @@ class ConceptSteerEdit:
             if not ids:
                 continue
             dev = delta.device
-            sae = self._cached((id(entry), dev), lambda: entry.sae.to(dev))
+            sae = self._device.on(entry.sae, dev)
             if self.kind == "spatial":
                 m = self._cached(("mask", H, W, dev), lambda: resize_mask(self.mask, H, W).to(dev))
                 region = m[(i % per_chunk) % m.shape[0]].reshape(-1)
@@ -155,11 +167,17 @@ class ConceptSteerEdit:
                 if self.mode == "sdlens":
                     mean = self._cached(("mean", id(entry), dev), lambda: entry.latent_mean.to(dev))
                     ch = sdlens_paint(sae, mean, ids, region, self.beta)
+                    if self.rows == "both" and kinds[i] == "uncond":
+                        # As sdxl-unbox (hooks/sdxl.py, add_feature_on_area_base_both): the edit is
+                        # added to the positive row and subtracted from the negative one, so CFG
+                        # amplifies it instead of cancelling it.
+                        ch = -ch
                 elif self.kind == "spatial":
                     ch = spatial_steer(sae, rows_delta, ids, region, self.beta)
                 else:
                     ch = global_steer(sae, rows_delta, ids, self.beta)
-            change[i] = ch.t().reshape(C, H, W)
+            ch = ch.t().reshape(C, H, W)
+            change[i] = ch.clamp(-limit, limit) if limit is not None else ch
             touched = True
         return change if touched else None
 
@@ -173,4 +191,5 @@ def steer_model(model, sae_set: SAESet, block: str, concept: str, kind: str, bet
                                        end_percent, rows, mask=mask, mode=mode)
     for path, edit in edits.items():
         model = patch_block(model, path, edit)
+    attach_saes(model, [e.sae for edit in edits.values() for e in edit.entries])
     return model, edits

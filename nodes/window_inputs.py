@@ -25,7 +25,9 @@ def mode_input():
         "mode", options=MODES, default="paper",
         tooltip="paper: the paper's adaptive beta (scaled by the SAE code's norm at each position). sdlens: "
                 "beta is SDLens's strength (-40..40, default 10), times each feature's mean activation "
-                "(SAEs that carry mean.pt, e.g. SDLens), painted through the mask pooled to the block grid.")
+                "(SAEs that carry mean.pt, e.g. SDLens), painted through the mask pooled to the block grid. "
+                "With rows = both it is added to the positive row and subtracted from the negative one, as "
+                "sdxl-unbox does (paper mode adds to both).")
 
 
 def window_inputs(start: float, end: float):
@@ -38,5 +40,6 @@ def window_inputs(start: float, end: float):
                        tooltip="End of the window (percent of the sampling); must be >= start_percent."),
         io.Combo.Input("rows", options=ROWS, default="both",
                        tooltip="Which halves of the CFG batch to steer: the positive (cond) prediction, "
-                               "the negative (uncond) one, or both. With cfg 1 only cond exists."),
+                               "the negative (uncond) one, or both (mode sdlens: + on positive, - on "
+                               "negative, as sdxl-unbox). With cfg 1 only cond exists."),
     ]

@@ -4,12 +4,15 @@
   {"state_dict": {...}}), optional mean.pt / std.pt. Read with weights_only=True only.
 - sparsify (EleutherAI): folder with cfg.json + sae.safetensors.
 - SAELens: folder with cfg.json + sae_weights.safetensors.
-The block the SAE belongs to is not in these files; callers may pass it (SAEInfo).
+SDLens and SAELens files carry no block field: the block is read from SAELens's `hook_name`
+(and `model_name`) where set, else from the folder names (SDLens's own layout is
+`<diffusers block>_k10_hidden5120_.../final/`); callers may pass it instead (SAEInfo).
 """
 from __future__ import annotations
 
 import json
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -17,6 +20,7 @@ import torch
 
 from .config import SaeConfig
 from .errors import SAEFileError
+from .families import FAMILIES, guess_family
 from .native_format import read_safetensors
 from .sae import TopKSAE
 from .sae_set import SAEEntry, SAEInfo
@@ -48,6 +52,34 @@ def torch_load_safe(path: Path):
         raise SAEFileError(path, f"cannot be read as a torch file (truncated or corrupt?): {e}") from e
 
 
+# Block names as diffusers (U-Nets) and ComfyUI/BFL (Flux) write them, inside longer names
+# such as "unet.up_blocks.0.attentions.1_k10_hidden5120_auxk256_bs4096_lr0.0001".
+_BLOCK_IN_NAME = re.compile(r"(?<![a-z_])((?:down|up)_blocks\.\d+\.attentions\.\d+|mid_block\.attentions\.\d+|"
+                            r"(?:single_|double_|single_transformer_|transformer_)blocks\.\d+)")
+_FAMILY_IN_NAME = (("sdxl", re.compile(r"sdxl|sd_xl|stable-diffusion-xl")),
+                   ("flux", re.compile(r"flux")),
+                   ("sd1", re.compile(r"sd-?v?1[-_.]?[45]|sd15|stable-diffusion-v1|sd1\b")))
+
+
+def infer_info(folder: Path, raw: dict, d_in: int, default_family: str | None = None) -> SAEInfo | None:
+    """Family and block of a foreign SAE from its cfg (hook_name, model_name) or folder names;
+    None where they are not there (the caller then asks the user). `default_family` settles a
+    block name two families share (SD1.x and SDXL both have mid_block.attentions.0)."""
+    texts = [str(raw[k]) for k in ("hook_name", "hook_point", "model_name") if raw.get(k)]
+    texts += [p.name for p in (folder, *folder.parents)][:3]
+    block = next((m.group(1) for t in texts for m in [_BLOCK_IN_NAME.search(t)] if m), None)
+    if block is None:
+        return None
+    joined = " ".join(texts).lower()
+    family = next((name for name, pattern in _FAMILY_IN_NAME if pattern.search(joined)), None)
+    if family is None:
+        guessed = guess_family(block, d_in)
+        family = guessed.name if guessed is not None else default_family
+    if family not in FAMILIES or not FAMILIES[family].has_block_name(block):
+        return None
+    return SAEInfo(model_family=family, block_diffusers=block, cond="both")
+
+
 def _build(cfg: SaeConfig, W_enc, latent_bias, W_dec, b_pre) -> TopKSAE:
     sae = TopKSAE(cfg)
     with torch.no_grad():
@@ -77,7 +109,8 @@ def load_sdlens(folder: Path, info: SAEInfo | None = None) -> SAEEntry:
     for name, file in (("latent_mean", "mean.pt"), ("latent_std", "std.pt")):
         if (folder / file).exists():  # SDLens saves these on cuda:0; map_location handles it
             stats[name] = check_tensor(folder / file, name, torch_load_safe(folder / file), (n,))
-    info = info or SAEInfo(model_family="unknown", cond="both")
+    # SDLens's released U-Net SAEs and its code (sdxl-unbox) are SDXL / SDXL-Turbo only.
+    info = info or infer_info(folder, raw, d, default_family="sdxl") or SAEInfo(model_family="unknown", cond="both")
     info.source_format = "sdlens"
     return SAEEntry(sae, info, **stats)
 
@@ -117,8 +150,6 @@ def load_saelens(folder: Path, info: SAEInfo | None = None) -> SAEEntry:
     if norm != "none":
         raise SAEFileError(cfg_path, f"normalize_activations={norm!r} needs run-time statistics that are "
                                      f"not in the file; only 'none' is supported")
-    if raw.get("rescale_acts_by_decoder_norm"):
-        raise SAEFileError(cfg_path, "rescale_acts_by_decoder_norm=true is not supported")
     d, n = positive_int(cfg_path, raw, "d_in"), positive_int(cfg_path, raw, "d_sae")
     _, t = read_safetensors(weights)
     require_keys(weights, t, ["W_enc", "b_enc", "W_dec", "b_dec"])
@@ -126,11 +157,21 @@ def load_saelens(folder: Path, info: SAEInfo | None = None) -> SAEEntry:
     b_enc = check_tensor(weights, "b_enc", t["b_enc"], (n,))
     W_dec = check_tensor(weights, "W_dec", t["W_dec"], (n, d))
     b_dec = check_tensor(weights, "b_dec", t["b_dec"], (d,))
+    if raw.get("rescale_acts_by_decoder_norm"):
+        # SAELens multiplies the pre-activations by n = ||W_dec[i]|| before TopK and divides the
+        # code by n before decoding; scaling W_enc's columns and b_enc by n and W_dec's rows by 1/n
+        # is the same function (TopK sees the same values), as SAELens's own fold_W_dec_norm does.
+        n_dec = W_dec.double().norm(dim=1)
+        if not bool((n_dec > 0).all()):
+            raise SAEFileError(weights, "rescale_acts_by_decoder_norm=true with an all-zero decoder row")
+        W_enc = (W_enc.double() * n_dec[:, None]).float()
+        b_enc = (b_enc.double() * n_dec).float()
+        W_dec = (W_dec.double() / n_dec[:, None]).float()
     if not raw.get("apply_b_dec_to_input", True):
         # x @ W_enc + b_enc == (x - b_dec) @ W_enc + (b_enc + b_dec @ W_enc): fold into the latent bias.
         b_enc = b_enc + W_enc.double().matmul(b_dec.double()).float()
     sae = _build(SaeConfig(d_in=d, n_latents=n, k=k, latent_bias=True), W_enc, b_enc, W_dec, b_dec)
-    info = info or SAEInfo(model_family="unknown", cond="both")
+    info = info or infer_info(folder, raw, d) or SAEInfo(model_family="unknown", cond="both")
     info.source_format = "saelens"
     return SAEEntry(sae, info)
 

@@ -76,7 +76,7 @@ def steer_global(model, s, concept="7", beta=30.0, start=0.0, end=1.0, rows="bot
 
 def sandwich(model, steer):
     """Recorders below and above a steer on the same block: their Delta difference is the change."""
-    from sae_concepts.nodes.block_patch import patch_block
+    from sae_concepts.host.block_patch import patch_block
     below, above = Recorder(), Recorder()
     m = steer(patch_block(model, BLOCK, below))
     m = patch_block(m, BLOCK, above)
@@ -158,12 +158,12 @@ def test_clones_are_isolated_and_patches_chain(tiny_model):
     assert not torch.allclose(out_ab, only_b), "the chained model must apply both steers"
     # Running steered clones left nothing behind on the original.
     assert torch.equal(sample(tiny_model), base)
-    from sae_concepts.nodes.block_patch import PatchedSpatialTransformer
+    from sae_concepts.host.block_patch import PatchedSpatialTransformer
     import comfy.utils
     assert not isinstance(comfy.utils.get_attr(tiny_model.model, "diffusion_model." + BLOCK),
                           PatchedSpatialTransformer)
     # Chaining composes: an additive edit patched twice with v equals once with 2 v.
-    from sae_concepts.nodes.block_patch import patch_block
+    from sae_concepts.host.block_patch import patch_block
     bump = lambda v: (lambda d, c: torch.full_like(d, v))
     twice = sample(patch_block(patch_block(tiny_model, BLOCK, bump(0.01)), BLOCK, bump(0.01)))
     once = sample(patch_block(tiny_model, BLOCK, bump(0.02)))
@@ -203,7 +203,7 @@ def test_concept_map_preview_outputs(tiny_model):
     image2, _, _ = out(ConceptMapPreview.execute(tiny_model, s, pos, neg, latent, 0, 10, 7.5, "ddim", "normal",
                                                  0.0, BLOCK, False, 5))
     rec = Recorder()
-    from sae_concepts.nodes.block_patch import patch_block
+    from sae_concepts.host.block_patch import patch_block
     from sae_concepts.sae_core.interventions import top_concepts
     import comfy.sample
     m = patch_block(tiny_model, BLOCK, rec)
@@ -244,7 +244,7 @@ def test_bad_inputs_are_clear_errors_or_documented(tiny_model, caplog):
 
 
 def test_nan_activations_leave_rows_unsteered(tiny_model, caplog):
-    from sae_concepts.nodes.block_patch import BlockCall
+    from sae_concepts.host.block_patch import BlockCall
     from sae_concepts.nodes.steering import ConceptSteerEdit
     s = sae_set()
     edit = ConceptSteerEdit(tiny_model, BLOCK, s.entries, s, "7", "global", 10.0, 0.0, 1.0, "both")
@@ -258,9 +258,16 @@ def test_nan_activations_leave_rows_unsteered(tiny_model, caplog):
 
 
 # ---- registration -----------------------------------------------------------------------
-def test_plugin_registers_and_schemas_are_valid(comfy, tmp_path):
+OUR_NODES = ("SAEConcepts_LoadSAE", "SAEConcepts_SpatialConceptSteer", "SAEConcepts_GlobalStyleSteer",
+             "SAEConcepts_ConceptMapPreview")
+
+
+@pytest.fixture(scope="module")
+def registered(comfy, tmp_path_factory):
+    """The pack loaded as ComfyUI loads custom nodes, with one SAE set and dictionary in models/sae."""
     import folder_paths
     import nodes
+    tmp_path = tmp_path_factory.mktemp("plugin")
     plugin_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     link = tmp_path / "custom_nodes" / "sae_concepts"
     link.parent.mkdir()
@@ -269,24 +276,104 @@ def test_plugin_registers_and_schemas_are_valid(comfy, tmp_path):
     sae_dir.mkdir()
     save_sae_set(sae_dir / "demo.safetensors", sae_set().entries)
     sae_set().dictionary.save(sae_dir / "demo_dictionary.json")
+    (sae_dir / "notes.json").write_text('{"not": "a dictionary"}')
     from sae_concepts.nodes import model_folders
     model_folders.register()
     folder_paths.add_model_folder_path("sae", str(sae_dir))
     folder_paths.add_model_folder_path("sae_dictionaries", str(sae_dir))
     ok = asyncio.run(nodes.load_custom_node(str(link), module_parent="custom_nodes"))
     assert ok is True
-    for node_id in ("LoadSAE", "SpatialConceptSteer", "GlobalStyleSteer", "ConceptMapPreview"):
-        cls = nodes.NODE_CLASS_MAPPINGS[node_id]
-        info = cls.GET_NODE_INFO_V1()
+    return nodes.NODE_CLASS_MAPPINGS
+
+
+def test_plugin_registers_prefixed_nodes_and_every_input_has_a_tooltip(registered):
+    for node_id in OUR_NODES:
+        info = registered[node_id].GET_NODE_INFO_V1()
         assert info["name"] == node_id and info["category"] == "sae_concepts"
+        assert not info["display_name"].startswith("SAEConcepts"), "display names stay readable"
         for section in ("required", "optional"):
             for name, spec in info["input"].get(section, {}).items():
-                if len(spec) > 1 and isinstance(spec[1], dict) and name not in ("positive", "negative", "latent_image", "model"):
-                    assert spec[1].get("tooltip") or name in ("cfg", "sampler_name", "scheduler"), f"{node_id}.{name} has no tooltip"
-    load = nodes.NODE_CLASS_MAPPINGS["LoadSAE"]
+                assert len(spec) > 1 and spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+        assert all(t for t in info["output_tooltips"]), f"{node_id} has an output without a tooltip"
+    steer = registered["SAEConcepts_SpatialConceptSteer"].GET_NODE_INFO_V1()
+    assert steer["input"]["required"]["sae"][0] == "SAE_CONCEPTS_SAE"
+    assert registered["SAEConcepts_LoadSAE"].GET_NODE_INFO_V1()["output"] == ["SAE_CONCEPTS_SAE"]
+    load = registered["SAEConcepts_LoadSAE"]
     info = load.GET_NODE_INFO_V1()
     options = lambda spec: spec[0] if isinstance(spec[0], list) else spec[1]["options"]
     assert "demo.safetensors" in options(info["input"]["required"]["sae_name"])
     assert "demo_dictionary.json" in options(info["input"]["required"]["dictionary"])
     loaded = out(load.execute("demo.safetensors", "demo_dictionary.json", "from file"))[0]
     assert loaded.blocks == [BLOCK] and loaded.dictionary.for_sae(BLOCK, None, "cond").lookup("dog") == [3, 11]
+
+
+def test_concept_is_a_choice_of_dictionary_labels_and_unknown_words_name_the_nearest(registered, tiny_model):
+    from sae_concepts.nodes.concept_choice import BY_ID, NO_CONCEPT
+    for node_id in OUR_NODES[1:]:
+        cls = registered[node_id]
+        spec = cls.GET_NODE_INFO_V1()["input"]["required"]["concept"]
+        opts = spec[1]["options"]
+        assert {"dog", "cat", "hot dog", BY_ID} <= set(opts), opts
+        assert spec[1]["default"] == (NO_CONCEPT if node_id.endswith("Preview") else "cat"), spec[1]["default"]
+        assert cls.validate_inputs("dog") is True
+        assert cls.validate_inputs(BY_ID, "12, 40") is True
+        assert cls.validate_inputs("12") is True            # ids through the API
+        msg = cls.validate_inputs("dgo")
+        assert isinstance(msg, str) and "'dgo'" in msg and "nearest labels: dog" in msg, msg
+        assert "hot dog" in cls.validate_inputs("hotdog")
+        assert isinstance(cls.validate_inputs(BY_ID, " , "), str)
+    steer = registered["SAEConcepts_GlobalStyleSteer"]
+    a = sample(out(steer.execute(tiny_model, sae_set(), BY_ID, 30.0, BLOCK, 0.0, 1.0, "both",
+                                 concept_ids="7"))[0])
+    b = sample(out(steer.execute(tiny_model, sae_set(), "cat", 30.0, BLOCK, 0.0, 1.0, "both"))[0])
+    torch.testing.assert_close(a, b)   # "cat" is concept 7
+
+
+
+# ---- memory and precision -----------------------------------------------------------------
+def test_sae_weights_are_loaded_by_comfyui_model_management(tiny_model):
+    """The steered clone carries the SAE as an additional model, so ComfyUI's sampler loads it
+    with the U-Net (counted in current_loaded_models) and the two steers on one SAE share it."""
+    import comfy.model_management as mm
+    from sae_concepts.nodes.sae_memory import ADDITIONAL_MODELS_KEY
+    s = sae_set()
+    steered = steer_global(steer_spatial(tiny_model, s, concept="dog"), s, concept="cat")
+    attached = steered.get_additional_models_with_key(ADDITIONAL_MODELS_KEY)
+    assert len(attached) == 1 and attached[0].model is s.entries[0].sae
+    assert attached[0].load_device == tiny_model.load_device
+    assert tiny_model.get_additional_models_with_key(ADDITIONAL_MODELS_KEY) == [], "the original is untouched"
+    sample(steered)
+    loaded = [lm.model for lm in mm.current_loaded_models if lm.model is not None]
+    assert any(p.model is s.entries[0].sae for p in loaded), "the SAE was not loaded through load_models_gpu"
+    assert attached[0].model_size() >= sum(t.numel() * 4 for t in (s.entries[0].sae.W_dec,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_steering_in_half_precision_models_matches_float32_math(comfy, dtype):
+    """fp16 / bf16 U-Net: Delta arrives in that dtype; the change must be the float32 formula on
+    that Delta rounded once to the dtype, the sampled output must carry it (to the dtype's
+    rounding of the block output), and beta * ||z|| beyond fp16's range is clamped instead of
+    turning the image into NaN."""
+    from random_models import build_random_sd1
+    from sae_concepts.host.block_patch import BlockCall
+    from sae_concepts.nodes.steering import ConceptSteerEdit
+    model = build_random_sd1(tiny=True, seed=0, dtype=dtype)
+    s = sae_set()
+    sae = s.entries[0].sae
+    below, above = sandwich(model, lambda m: steer_global(m, s, concept="7", beta=30.0, start=0.0, end=1.0))
+    edit = ConceptSteerEdit(model, BLOCK, s.entries, s, "7", "global", 30.0, 0.0, 1.0, "both")
+    eps = torch.finfo(dtype).eps
+    for (d0, sig, kinds), (d1, _, _) in zip(below.calls, above.calls):
+        assert d0.dtype == dtype
+        B, C, H, W = d0.shape
+        change = edit(d0, BlockCall(BLOCK, sig, kinds, {"cond_or_uncond": [0, 1]}))
+        assert change.dtype == dtype, "the change must not double Delta's memory as float32"
+        for i in range(B):
+            rows = d0[i].reshape(C, H * W).t().float()
+            norm = (dense_topk_code(sae, rows) * sae.input_scale).norm(dim=1, keepdim=True)
+            exp = (30.0 * norm / norm.sum() * (sae.W_dec[7] / sae.W_dec[7].norm())).t().reshape(C, H, W)
+            assert ((change[i].float() - exp).abs() <= eps * exp.abs() + 1e-7).all()
+            # End to end the block output (input + Delta + change) is rounded to the dtype once more.
+            torch.testing.assert_close(d1[i].float() - d0[i].float(), exp, rtol=0, atol=16 * eps)
+    huge = sample(steer_spatial(model, s, concept="3, 7", beta=1e5, rows="both"))
+    assert torch.isfinite(huge).all(), f"{dtype}: a large beta made the sample non-finite"

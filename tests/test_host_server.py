@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import sys
 import time
 import urllib.error
@@ -18,18 +15,15 @@ from sae_concepts.sae_core import PAPER_BLOCKS, SAEEntry, SAEInfo, SaeConfig, To
 from sae_concepts.sae_core.concept_dictionary import ConceptDictionary, SAEConcepts
 
 sys.path.insert(0, str(Path(__file__).parent / "host_support"))
+from comfy_server import comfy_server, get  # noqa: E402
 from workflow_convert import ui_to_api  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 SD15_WORKFLOWS = [w for w in WORKFLOWS if not w.name.startswith("sdxl")]   # SDXL needs an SDXL checkpoint
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
-OUR_NODES = ("LoadSAE", "SpatialConceptSteer", "GlobalStyleSteer", "ConceptMapPreview")
-
-
-def get(url, timeout=10):
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return json.loads(r.read())
+OUR_NODES = ("SAEConcepts_LoadSAE", "SAEConcepts_SpatialConceptSteer", "SAEConcepts_GlobalStyleSteer",
+             "SAEConcepts_ConceptMapPreview")
 
 
 def post(url, data):
@@ -39,12 +33,6 @@ def post(url, data):
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_models(base: Path, checkpoint: Path) -> None:
@@ -67,45 +55,15 @@ def write_models(base: Path, checkpoint: Path) -> None:
 @pytest.fixture(scope="module")
 def server(comfy, tmp_path_factory):
     from conftest import PLACEHOLDER, _torchvision_works
-    from sae_concepts.training.collect.comfy_host import cached_random_sd1_checkpoint
+    from sae_concepts.host.random_checkpoint import cached_random_sd1_checkpoint
     ckpt = cached_random_sd1_checkpoint()
     base = tmp_path_factory.mktemp("comfy_base")
-    (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / "sae_concepts").symlink_to(REPO)
     write_models(base, ckpt)
     frontend = base / "frontend"
     frontend.mkdir()
     (frontend / "index.html").write_text("<html>headless test</html>")
-    port = free_port()
-    env = dict(os.environ)
-    if not _torchvision_works():
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), PLACEHOLDER]))
-    log = base / "server.log"
-    with open(log, "w") as logf:
-        proc = subprocess.Popen([sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-                                 "--front-end-root", str(frontend), "--database-url", "sqlite:///:memory:",
-                                 "--disable-api-nodes", "--use-pytorch-cross-attention", "--disable-auto-launch",
-                                 "--base-directory", str(base)],
-                                cwd=str(comfy), env=env, stdout=logf, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                get(url + "/object_info/LoadSAE", timeout=5)
-                break
-            except Exception:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError("ComfyUI server did not start:\n" + log.read_text()[-4000:])
-                time.sleep(0.5)
-        yield {"url": url, "base": base, "log": log, "object_info": get(url + "/object_info", timeout=60)}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with comfy_server(comfy, base, frontend, None if _torchvision_works() else PLACEHOLDER) as srv:
+        yield srv
 
 
 def small(api: dict) -> dict:
@@ -119,9 +77,9 @@ def small(api: dict) -> dict:
         ins = node["inputs"]
         if node["class_type"] == "EmptyLatentImage":
             ins.update(width=128, height=128)
-        if node["class_type"] in ("KSampler", "ConceptMapPreview"):
+        if node["class_type"] in ("KSampler", "SAEConcepts_ConceptMapPreview"):
             ins["steps"] = 6
-        if node["class_type"] == "GlobalStyleSteer":
+        if node["class_type"] == "SAEConcepts_GlobalStyleSteer":
             ins["beta"] = ins["beta"] * 100
     return api
 
@@ -173,7 +131,7 @@ def test_workflow_runs_and_steering_changes_the_image(server, workflow):
     for s, u in zip(steered, unsteered):
         assert s.shape == u.shape and abs(s - u).max() >= 1, "steered and unsteered images are the same"
     if workflow.startswith("concept_map"):
-        cm = next(nid for nid, n in api.items() if n["class_type"] == "ConceptMapPreview")
+        cm = next(nid for nid, n in api.items() if n["class_type"] == "SAEConcepts_ConceptMapPreview")
         assert hist["outputs"][cm]["images"], "ConceptMapPreview showed no map"
     log = server["log"].read_text()
     ours = [line for line in log.splitlines() if any(n in line for n in OUR_NODES + ("sae_concepts",))
@@ -195,31 +153,31 @@ def test_sdxl_turbo_workflow_converts_and_only_lacks_its_model_files(server):
     api = ui_to_api(ui, server["object_info"])
     ks = [n for n in api.values() if n["class_type"] == "KSampler"]
     assert all(n["inputs"]["steps"] == 1 and n["inputs"]["cfg"] == 1.0 for n in ks)
-    steer = next(n for n in api.values() if n["class_type"] == "SpatialConceptSteer")["inputs"]
+    steer = next(n for n in api.values() if n["class_type"] == "SAEConcepts_SpatialConceptSteer")["inputs"]
     assert (steer["mode"], steer["rows"], steer["block"]) == ("sdlens", "cond", "auto")
     status, body = post(server["url"] + "/prompt", {"prompt": api})
     failing = {body["node_errors"][k]["class_type"] for k in body.get("node_errors", {})}
-    assert failing <= {"CheckpointLoaderSimple", "LoadSAE"}, body
+    assert failing <= {"CheckpointLoaderSimple", "SAEConcepts_LoadSAE"}, body
 
 
 def test_validation_errors_name_our_node_and_server_keeps_serving(server):
     ui = json.loads((REPO / "workflows" / "composition_spatial_steer.json").read_text())
     api = small(ui_to_api(ui, server["object_info"]))
-    load_id = next(k for k, n in api.items() if n["class_type"] == "LoadSAE")
+    load_id = next(k for k, n in api.items() if n["class_type"] == "SAEConcepts_LoadSAE")
     missing = json.loads(json.dumps(api))
     missing[load_id]["inputs"]["sae_name"] = "missing_file.safetensors"
     # ComfyUI queues the branches that are valid (the unsteered one) and reports the rest.
     status, body = post(server["url"] + "/prompt", {"prompt": missing})
     assert status in (200, 400) and load_id in body["node_errors"], body
-    assert body["node_errors"][load_id]["class_type"] == "LoadSAE"
+    assert body["node_errors"][load_id]["class_type"] == "SAEConcepts_LoadSAE"
     assert "missing_file.safetensors" in json.dumps(body["node_errors"][load_id])
-    steer_id = next(k for k, n in api.items() if n["class_type"] == "SpatialConceptSteer")
+    steer_id = next(k for k, n in api.items() if n["class_type"] == "SAEConcepts_SpatialConceptSteer")
     no_mask = json.loads(json.dumps(api))
     del no_mask[steer_id]["inputs"]["mask"]
     status, body = post(server["url"] + "/prompt", {"prompt": no_mask})
     assert status in (200, 400) and steer_id in body["node_errors"], body
-    assert body["node_errors"][steer_id]["class_type"] == "SpatialConceptSteer"
+    assert body["node_errors"][steer_id]["class_type"] == "SAEConcepts_SpatialConceptSteer"
     assert "mask" in json.dumps(body["node_errors"][steer_id])
-    assert get(server["url"] + "/object_info/LoadSAE")["LoadSAE"]["name"] == "LoadSAE"
+    assert get(server["url"] + "/object_info/SAEConcepts_LoadSAE")["SAEConcepts_LoadSAE"]["name"] == "SAEConcepts_LoadSAE"
     hist = run(server, api)
     assert hist["status"]["status_str"] == "success"
