@@ -1,6 +1,7 @@
 """Bad input is refused with a clear error (issue 13): every stage checks what it is given, names the
 file / option, what it expected and what it found, and never exits 0 with a wrong or NaN result."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -377,3 +378,32 @@ def test_a_dictionary_from_another_sae_set_is_refused_naming_both_files(world, c
     rc, _, err = run_cli(capsys, "evaluate", "--shards", world / "eval", "--sae", other, "--dictionary",
                          world / "dict.json", "--out", world / "m2.json", "--word-vectors", world / "vectors.txt")
     assert rc == 2 and err.count("\n") == 1 and "retrained.safetensors" in err
+
+
+def test_the_shard_repair_advice_works_on_a_real_collection(tmp_path, comfy):
+    """Host tier: a shard of a real `collect` run is damaged in place; train names it and advises
+    deleting it and rerunning collect; doing exactly that redoes that shard bit for bit, and train runs."""
+    import re
+    from sae_concepts.host.loaders import load_checkpoint
+    from sae_concepts.host.random_checkpoint import cached_random_sd1_checkpoint
+    from sae_concepts.training.collect.collect import CollectConfig, collect
+    from sae_concepts.training.storage.shards import ShardError, ShardSet
+    from sae_concepts.training.train.train import train_saes
+    loaded = load_checkpoint(str(cached_random_sd1_checkpoint()))
+    (tmp_path / "prompts.txt").write_text("a dog on a beach\na red car\na castle on a hill\n")
+    cfg = CollectConfig(prompts=str(tmp_path / "prompts.txt"), out=str(tmp_path / "acts"), blocks="middle_block.1",
+                        timesteps="1.0", steps=2, width=64, height=64, prompts_per_shard=1, seed=5,
+                        save_images=False)
+    collect(cfg, *loaded, progress=False)
+    before = {s["file"]: s["sha256"] for s in ShardSet.open(cfg.out).shards}
+    assert len(before) == 3
+    corrupt_same_size(tmp_path / "acts" / "shard_r000_00001.safetensors")
+    cmd, train = train_cmd(tmp_path, batch_size=4, shuffle_window=8)
+    with pytest.raises(ShardError) as err:
+        train_saes(cmd, train, progress=False)
+    message = str(err.value)
+    assert "delete it and rerun collect" in message
+    Path(re.search(r"shard (\S+) is corrupted", message).group(1)).unlink()     # the advice, as written
+    collect(cfg, *loaded, progress=False)                                        # "rerun collect"
+    assert {s["file"]: s["sha256"] for s in ShardSet.open(cfg.out).shards} == before
+    assert train_saes(cmd, train, progress=False)[0].info.training["vectors_seen"] > 0

@@ -58,11 +58,11 @@ def check_settings(cmd: TrainCommandConfig, train: TrainConfig) -> None:
         require(getattr(cmd, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(cmd, name)}")
     require(cmd.shuffle_window >= cmd.batch_size, f"--shuffle-window ({cmd.shuffle_window}) must hold at least "
                                                    f"one batch (--batch-size {cmd.batch_size})")
-    require(finite("--lr", train.lr) > 0, f"--lr must be positive, got {train.lr}")
+    require(finite("--lr", train.lr) >= 0, f"--lr must be positive (or 0: automatic), got {train.lr}")
     require(finite("--auxk-alpha", train.auxk_alpha) >= 0, f"--auxk-alpha must be >= 0, got {train.auxk_alpha}")
-    for name in ("k_aux", "max_steps", "checkpoint_every"):
+    for name in ("k_aux", "max_steps", "checkpoint_every", "dead_after"):
         require(getattr(train, name) >= 0, f"--{name.replace('_', '-')} must be >= 0, got {getattr(train, name)}")
-    for name in ("dead_after", "init_sample", "log_every"):
+    for name in ("init_sample", "log_every"):
         require(getattr(train, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(train, name)}")
     if cmd.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {cmd.device}: CUDA is not available here (use cpu or auto)")
