@@ -59,8 +59,9 @@ class LoadSAE(io.ComfyNode):
                                  f"config nor in its folder names; choose it in block_for_foreign, one of: "
                                  f"{', '.join(FOREIGN_BLOCKS)}")
         if dictionary != "none":
-            sae_set.dictionary = ConceptDictionary.load(
-                folder_paths.get_full_path_or_raise("sae_dictionaries", dictionary))
+            concepts = ConceptDictionary.load(folder_paths.get_full_path_or_raise("sae_dictionaries", dictionary))
+            concepts.check_built_from(sae_set)   # a dictionary of other weights would name other concepts
+            sae_set.dictionary = concepts
         return io.NodeOutput(sae_set)
 
     @classmethod

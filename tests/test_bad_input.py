@@ -407,3 +407,21 @@ def test_the_shard_repair_advice_works_on_a_real_collection(tmp_path, comfy):
     collect(cfg, *loaded, progress=False)                                        # "rerun collect"
     assert {s["file"]: s["sha256"] for s in ShardSet.open(cfg.out).shards} == before
     assert train_saes(cmd, train, progress=False)[0].info.training["vectors_seen"] > 0
+
+
+def test_load_sae_node_refuses_a_dictionary_of_another_sae_set(world, comfy):
+    import shutil
+    import folder_paths
+    from sae_concepts.nodes.load_sae import LoadSAE
+    sae_dir = world / "models_sae"
+    sae_dir.mkdir()
+    shutil.copy(world / "set.safetensors", sae_dir / "right.safetensors")
+    shutil.copy(world / "dict.json", sae_dir / "right_dictionary.json")
+    matching_set(sae_dir / "retrained.safetensors", seed=1)
+    folder_paths.add_model_folder_path("sae", str(sae_dir))
+    folder_paths.add_model_folder_path("sae_dictionaries", str(sae_dir))
+    loaded = LoadSAE.execute("right.safetensors", "right_dictionary.json", "from file")
+    assert loaded.result[0].dictionary is not None
+    with pytest.raises(SAEConceptsError, match=r"right_dictionary\.json was built from the SAE set set\.safetensors "
+                                               r".*not from .*retrained\.safetensors"):
+        LoadSAE.execute("retrained.safetensors", "right_dictionary.json", "from file")
