@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..sae_core import SAESet
+from ..sae_core.errors import ConfigError, finite
 from ..sae_core.interventions import global_steer, sdlens_paint, spatial_steer
 from ..sae_core.sae_set import select_entry
 from ..host.block_patch import BlockCall, TimestepWindow, patch_block, sigma_to_t
@@ -24,7 +25,7 @@ def parse_concept(text: str) -> tuple[list[int] | None, list[str]]:
     """'12, 40' -> ids; 'dog' or 'red car, dog' -> words."""
     parts = [p.strip() for p in text.replace(";", ",").split(",") if p.strip()]
     if not parts:
-        raise ValueError("concept is empty: give concept ids (e.g. '12, 40') or a word")
+        raise ConfigError("concept is empty: give concept ids (e.g. '12, 40') or a word")
     if all(p.lstrip("-").isdigit() for p in parts):
         return [int(p) for p in parts], []
     return None, parts
@@ -37,7 +38,7 @@ def resize_mask(mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
     if m.ndim == 2:
         m = m[None]
     if m.ndim != 3:
-        raise ValueError(f"mask must be [H, W] or [B, H, W], got shape {list(mask.shape)}")
+        raise ConfigError(f"mask must be [H, W] or [B, H, W], got shape {list(mask.shape)}")
     mode = "area" if m.shape[-2] >= h and m.shape[-1] >= w else "bilinear"
     kw = {} if mode == "area" else {"align_corners": False}
     return F.interpolate(m[:, None], size=(h, w), mode=mode, **kw)[:, 0].clamp(0, 1)
@@ -51,13 +52,13 @@ def sae_groups(model, sae_set: SAESet, block: str) -> dict[str, list]:
     if block != AUTO:
         path = resolve_block(model, block)
         if path not in groups:
-            raise ValueError(f"the SAE has no SAE for block {block!r}; it covers {sorted(groups)}")
+            raise ConfigError(f"the SAE has no SAE for block {block!r}; it covers {sorted(groups)}")
         groups = {path: groups[path]}
     channels = transformer_blocks(model)
     for path, entries in groups.items():
         for e in entries:
             if e.sae.d_in != channels[path]:
-                raise ValueError(f"SAE for {e.info.label()} has d={e.sae.d_in}, but block {path} of this model "
+                raise ConfigError(f"SAE for {e.info.label()} has d={e.sae.d_in}, but block {path} of this model "
                                  f"has {channels[path]} channels: the SAE was trained on another model")
     return groups
 
@@ -69,10 +70,11 @@ class ConceptSteerEdit:
     def __init__(self, model, block: str, entries: list, sae_set: SAESet, concept: str, kind: str, beta: float,
                  start_percent: float, end_percent: float, rows: str, mask: torch.Tensor | None = None,
                  mode: str = "paper"):
+        finite("beta", beta)   # NaN / inf would turn every steered activation into NaN mid-sampling
         if rows not in ROWS:
-            raise ValueError(f"rows must be one of {ROWS}, got {rows!r}")
+            raise ConfigError(f"rows must be one of {ROWS}, got {rows!r}")
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+            raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
         self.block, self.entries, self.dictionary = block, entries, sae_set.dictionary
         self.kind, self.beta, self.rows, self.mode = kind, beta, rows, mode
         self.window = TimestepWindow(model, start_percent, end_percent)
@@ -84,27 +86,30 @@ class ConceptSteerEdit:
         self._warned: set = set()
         if self.words:
             if self.dictionary is None:
-                raise ValueError(f"concept {concept!r} is a word, which needs a concept dictionary: pick one "
+                raise ConfigError(f"concept {concept!r} is a word, which needs a concept dictionary: pick one "
                                  f"in LoadSAE, or give concept ids (e.g. '12, 40')")
             if not any(self._ids_for(e) for e in entries):
                 from .concept_choice import nearest_labels
                 labels = sorted({lab for e in entries for lab in self._block_labels(e)})
-                raise ValueError(f"no concept of block {block} is labelled {self.words}; nearest labels the "
+                raise ConfigError(f"no concept of block {block} is labelled {self.words}; nearest labels the "
                                  f"dictionary has there: {nearest_labels(self.words[0], labels)}")
         else:
             for e in entries:
                 bad = [i for i in self.ids if not 0 <= i < e.sae.n_latents]
                 if bad:
-                    raise ValueError(f"concept id(s) {bad} out of range for {e.info.label()} "
+                    raise ConfigError(f"concept id(s) {bad} out of range for {e.info.label()} "
                                      f"(0..{e.sae.n_latents - 1})")
         if mode == "sdlens":
             missing = [e.info.label() for e in entries if e.latent_mean is None]
             if missing:
-                raise ValueError(f"mode 'sdlens' scales by each feature's mean activation, which {missing} do not "
+                raise ConfigError(f"mode 'sdlens' scales by each feature's mean activation, which {missing} do not "
                                  f"carry (SDLens folders ship it as mean.pt); use mode 'paper'")
         if kind == "spatial":
             if mask is None:
-                raise ValueError("SpatialConceptSteer needs a mask (the region S)")
+                raise ConfigError("SpatialConceptSteer needs a mask (the region S)")
+            resize_mask(mask, 1, 1)   # a mask of the wrong shape is refused now, not mid-sampling
+            if not torch.isfinite(mask).all():
+                raise ConfigError("the mask holds NaN/Inf values")
             if float(mask.max()) <= 0:
                 log.warning("SpatialConceptSteer: the mask is empty, so the concept is only removed "
                             "everywhere and added nowhere")

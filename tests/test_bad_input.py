@@ -425,3 +425,183 @@ def test_load_sae_node_refuses_a_dictionary_of_another_sae_set(world, comfy):
     with pytest.raises(SAEConceptsError, match=r"right_dictionary\.json was built from the SAE set set\.safetensors "
                                                r".*not from .*retrained\.safetensors"):
         LoadSAE.execute("retrained.safetensors", "right_dictionary.json", "from file")
+
+
+# ---- the sweep: every option with a value that makes no sense is a clear one-line error, rc 2 ----------
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A finished small pipeline: training shards, an evaluation world, an SAE set and its dictionary."""
+    from sae_concepts.training.dictionary.dictionary import DictionaryConfig, build_dictionary
+    root = tmp_path_factory.mktemp("sweep")
+    planted_shards(root / "acts")
+    planted_shards(root / "acts16", d=16)
+    acts = tiny_world(root / "eval")
+    (root / "other_key").mkdir()
+    for f in (root / "acts").iterdir():   # the same data filed under another block
+        if f.is_file():
+            text = f.read_bytes()
+            (root / "other_key" / f.name).write_bytes(text.replace(b"middle_block.1", b"middle_block.9")
+                                                      if f.suffix == ".json" else text)
+    matching_set(root / "set.safetensors")
+    matching_set(root / "retrained.safetensors", seed=1)
+    build_dictionary(DictionaryConfig(shards=str(acts), sae=str(root / "set.safetensors"), masks=str(acts / "masks"),
+                                      out=str(root / "dict.json"), word_vectors=str(root / "vectors.txt"),
+                                      mask_size=IMG), progress=False)
+    (root / "wrong_masks" / "dog").mkdir(parents=True)
+    (root / "prompts_empty.txt").write_text("\n \n")
+    (root / "prompts.txt").write_text("a dog\n")
+    (root / "a_file").write_text("")
+    (root / "not_json.json").write_text("{")
+    return root
+
+
+EV = ["evaluate", "--shards", "{r}/eval", "--sae", "{r}/set.safetensors", "--dictionary", "{r}/dict.json",
+      "--word-vectors", "{r}/vectors.txt", "--out", "{r}/m.json"]
+DI = ["dictionary", "--quiet", "--shards", "{r}/eval", "--sae", "{r}/set.safetensors", "--masks", "{r}/eval/masks",
+      "--word-vectors", "{r}/vectors.txt", "--out", "{r}/d.json"]
+TR = ["train", "--shards", "{r}/acts", "--out", "{r}/t.safetensors", "--quiet", "--k", "2", "--expansion-factor", "2",
+      "--batch-size", "64", "--shuffle-window", "256"]
+CO = ["collect", "--checkpoint", "{r}/none.safetensors", "--prompts", "{r}/prompts.txt", "--out", "{r}/c"]
+RP = ["report", "--sae", "{r}/set.safetensors", "--dictionary", "{r}/dict.json", "--metrics", "{r}/m.json",
+      "--shards", "{r}/eval", "--out", "{r}/rep"]
+SG = ["segment", "--shards", "{r}/eval", "--masks", "{r}/sm", "--grounding-dino", "{r}/gd", "--sam", "{r}/sam"]
+
+SWEEP = [
+    # collect: refused before ComfyUI is imported or a model is loaded
+    (CO + ["--steps", "0"], "--steps must be positive"),
+    (CO + ["--steps", "-5"], "--steps must be positive"),
+    (CO + ["--cfg", "nan"], "--cfg must be a finite number"),
+    (CO + ["--cfg", "0"], "--cfg must be positive"),
+    (CO + ["--width", "100"], "multiples of 8"),
+    (CO + ["--height", "-64"], "--height must be positive"),
+    (CO + ["--batch-size", "0"], "--batch-size must be positive"),
+    (CO + ["--prompts-per-shard", "0"], "--prompts-per-shard must be positive"),
+    (CO + ["--positions", "-1"], "--positions must be >= 0"),
+    (CO + ["--limit", "-1"], "--limit must be >= 0"),
+    (CO + ["--timesteps", ""], "--timesteps must be comma-separated numbers in [0, 1]"),
+    (CO + ["--timesteps", "2.0"], "--timesteps must be comma-separated numbers in [0, 1]"),
+    (CO + ["--timesteps", "early"], "--timesteps must be comma-separated numbers in [0, 1]"),
+    (CO + ["--guidance", "inf"], "--guidance must be a finite number"),
+    (["collect", "--checkpoint", "{r}/x.safetensors", "--prompts", "{r}/prompts_empty.txt"], "holds no prompts"),
+    (["collect", "--checkpoint", "{r}/x.safetensors", "--prompts", "{r}/nothere.txt"], "prompt file not found"),
+    (["collect", "--prompts", "{r}/prompts.txt"], "collect needs --checkpoint and --prompts"),
+    # train
+    (TR + ["--k", "0"], "--k must be positive"),
+    (TR + ["--k", "1000"], "--k 1000 is more than the SAE's 16 features"),
+    (TR + ["--expansion-factor", "0"], "--expansion-factor must be positive"),
+    (TR + ["--batch-size", "-1"], "--batch-size must be positive"),
+    (TR + ["--epochs", "0"], "--epochs must be positive"),
+    (TR + ["--shuffle-window", "10"], "--shuffle-window (10) must hold at least one batch"),
+    (TR + ["--lr", "nan"], "--lr must be a finite number"),
+    (TR + ["--lr", "-0.1"], "--lr must be positive"),
+    (TR + ["--auxk-alpha", "nan"], "--auxk-alpha must be a finite number"),
+    (TR + ["--k-aux", "-1"], "--k-aux must be >= 0"),
+    (TR + ["--dead-after", "-1"], "--dead-after must be >= 0"),
+    (TR + ["--max-steps", "-3"], "--max-steps must be >= 0"),
+    (TR + ["--log-every", "0"], "--log-every must be positive"),
+    (TR + ["--init-sample", "0"], "--init-sample must be positive"),
+    (TR + ["--device", "tpu"], "--device must be cpu, cuda, cuda:N or auto"),
+    (TR + ["--only", "output_blocks.9.1"], "--only 'output_blocks.9.1': no activation key matches"),
+    (TR + ["--out", "{r}/a_file/t.safetensors"], "--out: cannot write into"),
+    (["train", "--shards", "{r}/nothing", "--out", "{r}/t.safetensors"], "not a collection folder"),
+    (["train", "--out", "{r}/t.safetensors"], "train needs --shards"),
+    # dictionary
+    (DI + ["--threshold", "1.5"], "--threshold applies to maps normalised to [0, 1]"),
+    (DI + ["--threshold", "nan"], "--threshold must be a finite number"),
+    (DI + ["--iou", "0"], "--iou must be in (0, 1)"),
+    (DI + ["--iou", "2"], "--iou must be in (0, 1)"),
+    (DI + ["--mask-size", "0"], "--mask-size must be positive"),
+    (DI + ["--masks", "{r}/nowhere"], "masks folder"),
+    (DI + ["--masks", "{r}/wrong_masks"], "no mask for any of the 6 images"),
+    (DI + ["--word-vectors", "{r}/nothere.txt"], "word vectors file"),
+    (DI + ["--sae", "{r}/not_json.json"], "not_json.json: unknown format"),
+    (DI + ["--out", "{r}/a_file/d.json"], "--out: cannot write into"),
+    (DI + ["--iou", "0.999"], "the dictionary would be empty"),
+    # evaluate
+    (EV + ["--score-threshold", "nan"], "--score-threshold must be a finite number"),
+    (EV + ["--score-threshold", "2"], "--score-threshold is a cosine similarity"),
+    (EV + ["--mask-size", "-1"], "--mask-size must be positive"),
+    (["evaluate", "--shards", "{r}/eval", "--sae", "{r}/set.safetensors", "--masks", "{r}/eval/masks"],
+     "--masks needs --dictionary"),
+    (EV + ["--masks", "{r}/wrong_masks"], "expected .*<masks>/<image id, 6 digits>/<label>.png"),
+    (EV + ["--sae", "{r}/retrained.safetensors"], "was built from the SAE set set.safetensors"),
+    (EV + ["--dictionary", "{r}/not_json.json"], "not_json.json: not valid JSON"),
+    (EV + ["--shards", "{r}/acts16"], "takes d=8 vectors, but .*acts16 holds d=16"),
+    (DI + ["--shards", "{r}/acts16"], "takes d=8 vectors, but .*acts16 holds d=16"),
+    (RP + ["--shards", "{r}/acts16"], "takes d=8 vectors, but .*acts16 holds d=16"),
+    (EV + ["--shards", "{r}/other_key"], "no SAE of .*set.safetensors has activations in"),
+    (EV + ["--out", "{r}/a_file/m.json"], "--out: cannot write into"),
+    (["evaluate", "--sae", "{r}/set.safetensors"], "evaluate needs --shards"),
+    # report
+    (RP + ["--metrics", "{r}/not_json.json"], "not_json.json: not valid JSON"),
+    (RP + ["--metrics", "{r}/nothere.json"], "nothere.json: file not found"),
+    (RP + ["--sae", "{r}/retrained.safetensors"], "was built from the SAE set set.safetensors"),
+    (RP + ["--out", "{r}/a_file/rep"], "--out: cannot write into"),
+    # segment
+    (SG + ["--box-threshold", "1.5"], "--box-threshold is a score in"),
+    (SG + ["--text-threshold", "nan"], "--text-threshold must be a finite number"),
+    (SG + ["--tagger", "clip", "--clip-top-k", "0", "--clip", "{r}/clip"], "--clip-top-k must be positive"),
+    (SG + ["--tagger", "ram"], "--tagger must be prompt or clip"),
+    (["segment", "--shards", "{r}/eval", "--masks", "{r}/sm", "--sam", "{r}/sam"], "needs both --grounding-dino and --sam"),
+    # demo, info
+    (["demo", "--epochs", "0", "--out", "{r}/demo"], "--epochs must be positive"),
+    (["info", "{r}/nothere.safetensors"], "no such file or folder"),
+    (["info", "{r}/not_json.json"], "unknown format"),
+]
+
+
+@pytest.mark.parametrize("argv, expected", SWEEP, ids=[f"{i:02d}-{a[0]}" for i, (a, _) in enumerate(SWEEP)])
+def test_sweep_nonsense_option_values_are_one_line_errors(base, capsys, argv, expected):
+    import re
+    if "--metrics" in argv and "{r}/m.json" in argv and not (base / "m.json").exists():
+        from sae_concepts.training.evaluate.evaluate import evaluate
+        evaluate(evaluate_cfg(base, out=str(base / "m.json"), masks=""))
+    rc, _, err = run_cli(capsys, *[a.replace("{r}", str(base)) for a in argv])
+    assert rc == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert expected in err or re.search(expected, err), err
+
+
+def node_set(d=128, dictionary=True):
+    from sae_concepts.sae_core import SAESet
+    from sae_concepts.sae_core.concept_dictionary import ConceptDictionary, SAEConcepts
+    sae = TopKSAE(SaeConfig(d_in=d, n_latents=256, k=8))
+    s = SAESet([SAEEntry(sae.eval().requires_grad_(False), SAEInfo(block="middle_block.1", t=None, cond="both"))])
+    if dictionary:
+        s.dictionary = ConceptDictionary([SAEConcepts("middle_block.1", None, "both",
+                                                      {3: {"labels": ["dog"], "counts": {"dog": 1}}})])
+    return s
+
+
+HALF = torch.cat([torch.ones(1, 8, 4), torch.zeros(1, 8, 4)], dim=2)
+NODE_SWEEP = [
+    (dict(beta=math.nan), "beta must be a finite number"),
+    (dict(beta=math.inf), "beta must be a finite number"),
+    (dict(start=0.6, end=0.4), "start_percent <= end_percent"),
+    (dict(start=-0.1), "0 <= start_percent"),
+    (dict(end=1.5), "end_percent <= 1"),
+    (dict(concept=" , "), "concept is empty"),
+    (dict(concept="9999"), "out of range"),
+    (dict(concept="-3"), "out of range"),
+    (dict(concept="zebra"), "no concept of block middle_block.1 is labelled"),
+    (dict(concept="dog", dictionary=False), "needs a concept dictionary"),
+    (dict(mask=None), "needs a mask"),
+    (dict(mask=torch.ones(1, 1, 8, 8, 3)), "mask must be [H, W] or [B, H, W]"),
+    (dict(mask=torch.full((8, 8), math.nan)), "NaN/Inf"),
+    (dict(d=64), "has d=64, but block middle_block.1 of this model has 128 channels"),
+    (dict(block="input_blocks.8.1"), "no SAE for block"),
+    (dict(rows="sideways"), "rows must be one of"),
+    (dict(mode="loud"), "mode must be one of"),
+]
+
+
+@pytest.mark.parametrize("bad, expected", NODE_SWEEP, ids=[f"{i:02d}" for i in range(len(NODE_SWEEP))])
+def test_sweep_nonsense_node_inputs_are_refused_before_sampling(tiny_model, bad, expected):
+    from sae_concepts.nodes.steering import steer_model
+    a = dict(concept="3", beta=10.0, start=0.0, end=0.5, rows="both", mask=HALF, d=128, dictionary=True,
+             block="middle_block.1", mode="paper")
+    a.update(bad)
+    with pytest.raises(SAEConceptsError) as err:
+        steer_model(tiny_model, node_set(a["d"], a["dictionary"]), a["block"], a["concept"], "spatial", a["beta"],
+                    a["start"], a["end"], a["rows"], mask=a["mask"], mode=a["mode"])
+    assert expected in str(err.value), err.value

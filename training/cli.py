@@ -12,6 +12,8 @@ from ..sae_core.errors import ConfigError
 def cmd_demo(a) -> int:
     from .demo.demo import format_truth, run_demo
     from .evaluate.evaluate import format_table
+    if a.epochs <= 0:
+        raise ConfigError(f"--epochs must be positive, got {a.epochs}")
     summary = run_demo(Path(a.out), epochs=a.epochs, comfyui=a.comfyui, progress=not a.quiet)
     print("SYNTHETIC DEMO: planted concepts laid out in space, not a diffusion model (see README)")
     print(format_table(summary["metrics"]))
@@ -26,12 +28,15 @@ def cmd_demo(a) -> int:
 
 
 def cmd_collect(a) -> int:
-    from .collect.collect import CollectConfig, collect, distributed_from_env, write_prompt_index
+    from .collect.collect import CollectConfig, check_collect_config, collect, distributed_from_env, write_prompt_index
     from ..host.comfy_env import import_comfy
     from .dataclass_cli import dataclass_from_args
+    from .storage.prompts import read_prompts
     cfg = dataclass_from_args(CollectConfig, a)
     if not cfg.checkpoint or not cfg.prompts:
         raise ConfigError("collect needs --checkpoint and --prompts")
+    check_collect_config(cfg)   # bad options and prompt files are refused before ComfyUI is imported
+    read_prompts(cfg.prompts)
     local = os.environ.get("LOCAL_RANK")
     if local is not None and "CUDA_VISIBLE_DEVICES" not in os.environ:
         os.environ["CUDA_VISIBLE_DEVICES"] = local   # one GPU per torchrun process, before CUDA starts

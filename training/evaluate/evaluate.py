@@ -156,6 +156,7 @@ def evaluate(cfg: EvaluateConfig) -> list[dict]:
         key = activation_key(e.info.block, e.info.t if e.info.t is not None else 1.0, e.info.cond)
         if key not in shards.keys():
             continue
+        shards.require_width(key, e, cfg.sae)
         row = {"block": e.info.block, "block_diffusers": e.info.block_diffusers, "t": e.info.t,
                "cond": e.info.cond, **reconstruction_metrics(e.sae, shards, key)}
         concepts = dictionary.for_sae(e.info.block, e.info.t, e.info.cond) if dictionary else None

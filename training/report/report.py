@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from ...sae_core import load_sae
 from ...sae_core.atomic import check_writable, write_text_atomic
 from ...sae_core.concept_dictionary import ConceptDictionary
+from ...sae_core.errors import SAEFileError
+from ...sae_core.foreign_formats import read_json
 from ..dictionary.dictionary import image_codes
 from ..storage.shards import ShardSet, activation_key
 
@@ -111,7 +113,9 @@ def concept_cards(sae_entry, concepts, shards: ShardSet, key: str, images_dir: P
 def build_report(out: Path, sae_path, dict_path, metrics_path, eval_shards, masks_dir=None, images_dir=None,
                  synthetic_note: str = "", truth: list | None = None, smoke: dict | None = None) -> Path:
     out = check_writable(out, "--out")
-    rows = json.loads(Path(metrics_path).read_text())["rows"]
+    rows = read_json(Path(metrics_path)).get("rows")
+    if not isinstance(rows, list) or not rows:
+        raise SAEFileError(metrics_path, "not a metrics file from `sae-concepts evaluate` (no rows)")
     sae_set = load_sae(sae_path)
     dictionary = ConceptDictionary.load(dict_path)
     dictionary.check_built_from(sae_set)
@@ -124,6 +128,7 @@ def build_report(out: Path, sae_path, dict_path, metrics_path, eval_shards, mask
         key = activation_key(e.info.block, e.info.t if e.info.t is not None else 1.0, e.info.cond)
         if concepts is None or key not in shards.keys():
             continue
+        shards.require_width(key, e, sae_path)
         for card in concept_cards(e, concepts, shards, key, images_dir, out, f"s{i}"):
             sections.append((e.info.label(), card))
     write_text_atomic(out / "index.html", render_html(rows, plots, sections, synthetic_note, truth, smoke))

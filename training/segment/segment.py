@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from ...sae_core.atomic import write_text_atomic
+from ...sae_core.atomic import check_writable, write_text_atomic
+from ...sae_core.errors import finite
 from ..storage.masks import save_mask
 from .segmenters import SegmenterError
 from ..storage.shards import ShardSet
@@ -54,6 +55,13 @@ class SegmentConfig:
             raise SegmenterError(f"--tagger must be prompt or clip, got {self.tagger!r}")
         if self.tagger == "clip" and not self.clip:
             raise SegmenterError("--tagger clip needs --clip <local CLIPModel folder>")
+        for name in ("box_threshold", "text_threshold"):
+            if not 0 <= finite(f"--{name.replace('_', '-')}", getattr(self, name)) <= 1:
+                raise SegmenterError(f"--{name.replace('_', '-')} is a score in [0, 1], got {getattr(self, name)}")
+        if self.clip_top_k <= 0:
+            raise SegmenterError(f"--clip-top-k must be positive, got {self.clip_top_k}")
+        if not -1 <= finite("--clip-min-score", self.clip_min_score) <= 1:
+            raise SegmenterError(f"--clip-min-score is a cosine in [-1, 1], got {self.clip_min_score}")
 
 
 def run_settings(cfg: SegmentConfig) -> dict:
@@ -104,6 +112,7 @@ def segment_images(shards_dir: str, masks_dir: str, cfg: SegmentConfig, progress
     shards = ShardSet.open(shards_dir)
     images = held_out_images(shards)
     masks = Path(masks_dir) if masks_dir else Path(shards_dir) / "masks"
+    check_writable(masks, "--masks")
     open_masks_folder(masks, cfg)
     todo = [row for row in images if not (masks / f"{row[0]:06d}" / DONE_FILE).is_file()]
     if not todo:

@@ -147,6 +147,21 @@ class ShardSet:
     def keys(self) -> list[str]:
         return sorted({k for s in self.shards for k in s["counts"]})
 
+    def width(self, key: str) -> int:
+        """d of the activations stored for `key` (read from its first shard)."""
+        first = next((s for s in self.shards if s["counts"].get(key)), None)
+        if first is None:
+            raise ShardError(f"{self.root}: no activations for {key}; keys present: {self.keys()}")
+        return int(self.read(first, key)["acts"].shape[1])
+
+    def require_width(self, key: str, sae_entry, sae_file) -> None:
+        """The SAE must take vectors of the width the shards hold for its key."""
+        d = self.width(key)
+        if d != sae_entry.sae.d_in:
+            raise ShardError(f"the SAE for {sae_entry.info.label()} in {sae_file} takes d={sae_entry.sae.d_in} "
+                             f"vectors, but {self.root} holds d={d} for {key}: SAE set and shards come from "
+                             f"different models or blocks")
+
     def vectors(self, key: str) -> int:
         return sum(s["counts"].get(key, 0) for s in self.shards)
 
