@@ -25,12 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 def bench_collect(repeats: int, size: int) -> None:
     import conftest
-    from sae_concepts.training.collect.comfy_host import build_random_sd1, import_comfy
+    from sae_concepts.host.comfy_env import import_comfy
+    from random_models import build_random_sd1
     import_comfy(extra_sys_paths=() if conftest._torchvision_works() else (conftest.PLACEHOLDER,))
     import comfy.sample
-    from sae_concepts.nodes.block_patch import patch_block
+    from sae_concepts.host.block_patch import patch_block
     from sae_concepts.sae_core import PAPER_BLOCKS
-    from sae_concepts.nodes.block_patch import TimestepRecorder
+    from sae_concepts.host.block_patch import TimestepRecorder
     from sae_concepts.training.collect.collect import CollectConfig, bucket_sigmas
 
     model = build_random_sd1(tiny=False)

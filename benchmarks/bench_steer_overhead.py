@@ -26,11 +26,12 @@ def main(argv=None) -> None:
     p.add_argument("--block", default="middle_block.1")
     a = p.parse_args(argv)
     import conftest  # the tests' ComfyUI discovery and torchvision placeholder
-    from sae_concepts.training.collect.comfy_host import build_random_sd1, import_comfy
+    from sae_concepts.host.comfy_env import import_comfy
+    from random_models import build_random_sd1
     import_comfy(extra_sys_paths=() if conftest._torchvision_works() else (conftest.PLACEHOLDER,))
     import comfy.sample
-    from sae_concepts.nodes.block_patch import patch_block
-    from sae_concepts.nodes.block_patch import TimestepRecorder
+    from sae_concepts.host.block_patch import patch_block
+    from sae_concepts.host.block_patch import TimestepRecorder
     from sae_concepts.nodes.spatial_concept_steer import SpatialConceptSteer
     from sae_concepts.nodes.global_style_steer import GlobalStyleSteer
     from sae_concepts.sae_core import SAEEntry, SAEInfo, SAESet, SaeConfig, TopKSAE

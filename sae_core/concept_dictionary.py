@@ -19,20 +19,13 @@ from pathlib import Path
 
 from .atomic import write_text_atomic
 from .errors import DictionaryMismatchError, SAEFileError
-from .blocks import canonical_block
+from .families import canonical_block
 from .fingerprint import sae_fingerprint, set_fingerprint
+from .selection import nearest
 
 FORMAT_NAME = "sae_concepts.concept_dictionary"
 FORMAT_VERSION = 2
 log = logging.getLogger("sae_concepts")
-
-
-def _block_name(block: str) -> str:
-    """SD1.x names are canonicalised; other families' block names are kept as written."""
-    try:
-        return canonical_block(block)
-    except ValueError:
-        return block
 
 
 @dataclass
@@ -103,14 +96,9 @@ class ConceptDictionary:
             f"`sae-concepts dictionary --sae {sae_set.source or '<this set>'}`")
 
     def for_sae(self, block: str, t: float | None, cond: str) -> SAEConcepts | None:
-        block = _block_name(block)
-        fitting = [e for e in self.entries if e.block == block and e.cond in (cond, "both")] or \
-                  [e for e in self.entries if e.block == block]
-        if not fitting:
-            return None
-        if t is None:
-            return fitting[0]
-        return min(fitting, key=lambda e: abs((e.t if e.t is not None else t) - t))
+        block = canonical_block(block)
+        at_block = [e for e in self.entries if e.block == block]
+        return nearest(at_block, t, cond, t_of=lambda e: e.t, cond_of=lambda e: e.cond) if at_block else None
 
     def vocabulary(self) -> list[str]:
         return sorted({lab for e in self.entries for c in e.concepts.values() for lab in c.get("labels", [])})
@@ -137,7 +125,7 @@ class ConceptDictionary:
             for d in data["dictionaries"]:
                 concepts = {int(k): {"labels": list(v.get("labels", [])), "counts": dict(v.get("counts", {}))}
                             for k, v in d["concepts"].items()}
-                entries.append(SAEConcepts(_block_name(d["block"]), d.get("t"), d.get("cond", "both"), concepts,
+                entries.append(SAEConcepts(canonical_block(d["block"]), d.get("t"), d.get("cond", "both"), concepts,
                                            str(d.get("sae_fingerprint", ""))))
             built_from = dict(data.get("built_from") or {})
         except (KeyError, TypeError, ValueError, AttributeError) as e:

@@ -5,8 +5,10 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .blocks import CONDITIONS, SD1_BLOCKS, canonical_block
+from .blocks import CONDITIONS
+from .families import FAMILIES, canonical_block
 from .sae import TopKSAE
+from .selection import nearest
 
 
 @dataclass
@@ -27,9 +29,10 @@ class SAEInfo:
             raise ValueError(f"cond must be one of {CONDITIONS}, got {self.cond!r}")
         if self.t is not None and not 0.0 <= float(self.t) <= 1.0:
             raise ValueError(f"t must be in [0, 1] (1.0 = first reverse step), got {self.t}")
-        if self.model_family == "sd1" and (self.block or self.block_diffusers):
-            self.block = canonical_block(self.block or self.block_diffusers)
-            self.block_diffusers = SD1_BLOCKS[self.block][0]
+        family = FAMILIES.get(self.model_family)
+        if family is not None and (self.block or self.block_diffusers):
+            self.block = family.canonical_block(self.block or self.block_diffusers)
+            self.block_diffusers = family.alias(self.block)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,10 +56,7 @@ class SAEEntry:
 
 def select_entry(entries: list[SAEEntry], t: float | None, cond: str) -> SAEEntry:
     """Among SAEs of one block: the condition that fits (else any), then the nearest t bucket."""
-    fitting = [e for e in entries if e.info.cond in (cond, "both")] or entries
-    if t is None:
-        return fitting[0]
-    return min(fitting, key=lambda e: abs((e.info.t if e.info.t is not None else t) - t))
+    return nearest(entries, t, cond, t_of=lambda e: e.info.t, cond_of=lambda e: e.info.cond)
 
 
 class SAESet:
@@ -81,8 +81,7 @@ class SAESet:
 
     def select(self, block: str, t: float | None = None, cond: str = "cond") -> SAEEntry:
         """The SAE for `block` whose condition fits and whose timestep bucket is nearest to t."""
-        if self.entries[0].info.model_family == "sd1":
-            block = canonical_block(block)
+        block = canonical_block(block, self.entries[0].info.model_family)
         at_block = [e for e in self.entries if block in (e.info.block, e.info.block_diffusers)]
         if not at_block:
             raise KeyError(f"no SAE for block {block!r} in {self.source or 'this set'}; "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sae_concepts.training.collect.comfy_host import candidate_paths, find_comfyui
+from sae_concepts.host.comfy_env import candidate_paths, find_comfyui
 
 PLACEHOLDER = str(Path(__file__).parent / "host_support" / "torchvision_placeholder")
 COMFY_ROOT = find_comfyui()
@@ -41,12 +41,12 @@ def comfy():
     """ComfyUI imported in-process (CPU); its folder."""
     if COMFY_ROOT is None:
         pytest.skip(SKIP_REASON)
-    from sae_concepts.training.collect.comfy_host import import_comfy
+    from sae_concepts.host.comfy_env import import_comfy
     extra = () if _torchvision_works() else (PLACEHOLDER,)
     return import_comfy(extra_sys_paths=extra)
 
 
 @pytest.fixture(scope="session")
 def tiny_model(comfy):
-    from sae_concepts.training.collect.comfy_host import build_random_sd1
+    from random_models import build_random_sd1
     return build_random_sd1(tiny=True, seed=0)

@@ -119,8 +119,10 @@ def test_sdlens_folder_loads_with_identical_outputs(tmp_path):
             rand(40, D, seed=9) * 3)
         torch.testing.assert_close(entry.latent_mean, rand(N, seed=5).abs())
         torch.testing.assert_close(entry.latent_std, rand(N, seed=6).abs())
-    assert load_sae(tmp_path / "sdlens", info=SAEInfo(model_family="sdxl", block="up_blocks.0.attentions.1")) \
-        .entries[0].info.block == "up_blocks.0.attentions.1"
+    # The registry names an SDXL block by its ComfyUI path and keeps the diffusers name beside it.
+    info = load_sae(tmp_path / "sdlens", info=SAEInfo(model_family="sdxl", block="up_blocks.0.attentions.1")) \
+        .entries[0].info
+    assert (info.block, info.block_diffusers) == ("output_blocks.1.1", "up_blocks.0.attentions.1")
 
 
 def test_sdlens_pickle_with_code_is_refused(tmp_path):

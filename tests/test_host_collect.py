@@ -20,7 +20,7 @@ PROMPTS = ["a dog on a beach", "a red car in a city street", "a castle on a hill
 
 @pytest.fixture(scope="session")
 def random_checkpoint(comfy):
-    from sae_concepts.training.collect.comfy_host import cached_random_sd1_checkpoint
+    from sae_concepts.host.random_checkpoint import cached_random_sd1_checkpoint
     return cached_random_sd1_checkpoint()
 
 
@@ -50,7 +50,7 @@ def subprocess_env():
 
 
 def test_collect_records_the_blocks_delta(tmp_path, loaded):
-    from sae_concepts.nodes.block_patch import patch_block
+    from sae_concepts.host.block_patch import patch_block
     from sae_concepts.training.collect.collect import collect, encode, write_prompt_index
     import comfy.sample
     model, clip, vae = loaded
@@ -139,7 +139,8 @@ def test_collect_two_ranks_with_torchrun(tmp_path, random_checkpoint):
 
 
 def test_collect_bad_inputs(tmp_path, loaded):
-    from sae_concepts.training.collect.collect import CollectError, collect, load_checkpoint
+    from sae_concepts.host.loaders import ModelLoadError
+    from sae_concepts.training.collect.collect import collect, load_checkpoint
     from sae_concepts.training.storage.prompts import PromptFileError
     (tmp_path / "empty.txt").write_text("\n  \n")
     with pytest.raises(PromptFileError, match="empty.txt: holds no prompts"):
@@ -155,19 +156,19 @@ def test_collect_bad_inputs(tmp_path, loaded):
     with pytest.raises(Exception, match="not writable"):
         collect(small_cfg(tmp_path, out="/proc/not_here/acts"), *loaded, progress=False)
     save_file({"foo.weight": torch.zeros(3, 3)}, tmp_path / "notsd.safetensors")
-    with pytest.raises(CollectError, match="notsd.safetensors cannot be loaded as a diffusion model"):
+    with pytest.raises(ModelLoadError, match="notsd.safetensors cannot be loaded as a diffusion model"):
         load_checkpoint(str(tmp_path / "notsd.safetensors"))
     assert not (tmp_path / "acts").exists() or not list((tmp_path / "acts").glob("shard_*"))
 
 
 def test_collect_refuses_other_model_families(comfy):
-    from sae_concepts.training.collect.collect import CollectError, check_family
+    from sae_concepts.host.loaders import ModelLoadError, check_family
 
-    class Flux:
-        unet_config = {"context_dim": 4096, "model_channels": None}
+    class SD3:
+        unet_config = {"context_dim": None, "model_channels": None}
 
     class Fake:
         class model:
-            model_config = Flux()
-    with pytest.raises(CollectError, match="flux.safetensors is detected as Flux .*not an SD1.x or SDXL model"):
-        check_family(Fake, "flux.safetensors")
+            model_config = SD3()
+    with pytest.raises(ModelLoadError, match="sd3.safetensors is detected as SD3 .*not an SD1.x, SDXL or Flux.1 model"):
+        check_family(Fake, "sd3.safetensors")

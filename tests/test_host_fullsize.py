@@ -7,11 +7,11 @@ from sae_concepts.sae_core import PAPER_BLOCKS, SAEEntry, SAEInfo, SAESet, SaeCo
 
 def test_paper_blocks_accept_full_size_saes(comfy):
     import comfy.sample
-    from sae_concepts.nodes.model_blocks import transformer_blocks
+    from sae_concepts.host.model_blocks import transformer_blocks
     from sae_concepts.nodes.concept_map_preview import ConceptMapPreview
     from sae_concepts.nodes.global_style_steer import GlobalStyleSteer
     from sae_concepts.nodes.spatial_concept_steer import SpatialConceptSteer
-    from sae_concepts.training.collect.comfy_host import build_random_sd1
+    from random_models import build_random_sd1
 
     model = build_random_sd1(tiny=False, seed=0)
     assert [transformer_blocks(model)[b] for b in PAPER_BLOCKS] == [1280, 1280, 1280]

@@ -15,7 +15,7 @@ SDLENS = {"down_blocks.2.attentions.1": "input_blocks.8.1", "mid_block.attention
 
 @pytest.fixture(scope="module")
 def sdxl(comfy):
-    from sae_concepts.training.collect.comfy_host import build_random_sdxl
+    from random_models import build_random_sdxl
     return build_random_sdxl(tiny=True, seed=0)
 
 
@@ -43,8 +43,8 @@ def sample(model, steps=2, cfg=1.0, seed=0):
 
 
 def test_full_size_sdxl_blocks_resolve_through_comfy_config(comfy):
-    from sae_concepts.nodes.model_blocks import diffusers_to_comfy, model_family, resolve_block, transformer_blocks
-    from sae_concepts.training.collect.comfy_host import build_random_sdxl
+    from sae_concepts.host.model_blocks import diffusers_to_comfy, model_family, resolve_block, transformer_blocks
+    from random_models import build_random_sdxl
     full = build_random_sdxl(tiny=False, device="meta")
     assert model_family(full) == "sdxl"
     mapping = diffusers_to_comfy(full)
@@ -57,7 +57,7 @@ def test_full_size_sdxl_blocks_resolve_through_comfy_config(comfy):
 
 
 def test_sdlens_sae_steers_sdxl_sdlens_style(sdxl, tmp_path):
-    from sae_concepts.nodes.block_patch import patch_block
+    from sae_concepts.host.block_patch import patch_block
     from sae_concepts.nodes.spatial_concept_steer import SpatialConceptSteer
     from sae_concepts.nodes.steering import resize_mask
     write_sdlens(tmp_path / "sdlens", d=128)
@@ -102,7 +102,7 @@ def test_model_family_mismatch_is_refused(sdxl, tiny_model, tmp_path):
 def test_collect_and_train_on_sdxl(sdxl, tmp_path):
     from sae_concepts.nodes.global_style_steer import GlobalStyleSteer
     from sae_concepts.training.collect.collect import CollectConfig, collect
-    from sae_concepts.training.collect.comfy_host import build_random_sdxl_clip
+    from random_models import build_random_sdxl_clip
     from sae_concepts.training.storage.shards import ShardSet
     from sae_concepts.training.train.train import TrainCommandConfig, train_saes
     (tmp_path / "p.txt").write_text("a dog\na cat on a sofa\n")

@@ -1,9 +1,10 @@
-"""`sae-concepts collect`: run an SD1.x checkpoint with ComfyUI's own code and record Delta.
+"""`sae-concepts collect`: run an SD1.x, SDXL or Flux model with ComfyUI's own code and record Delta.
 
-Delta = output - input of the chosen transformer blocks, at the steps nearest to the chosen
-timestep buckets, cond and uncond rows kept apart, recorded through the very block wrapper the
-steering nodes use (nodes/block_patch.py). Output: sharded fp16 safetensors + manifests
-(training/shards.py) and, per prompt, the final image for the dictionary stage.
+Delta = output - input of the chosen blocks (or the block output, --quantity output), at the
+steps nearest to the chosen timestep buckets, cond and uncond rows kept apart, recorded through
+the very block patch the steering nodes use (host/block_patch.py). On Flux only image tokens
+are recorded, one row per token of the 2x2-patch grid. Output: sharded fp16 safetensors +
+manifests (training/storage/shards.py) and, per prompt, the final image for the dictionary stage.
 """
 from __future__ import annotations
 
@@ -16,20 +17,31 @@ from pathlib import Path
 
 import torch
 
-from ...sae_core import PAPER_BLOCKS
-from ...sae_core.atomic import atomic_path
+from ...host.loaders import load_checkpoint  # noqa: F401  (the CLI's loader, re-exported for callers)
+from ...sae_core.atomic import atomic_path, check_writable
 from ..storage.prompts import read_prompts
 from ..storage.shards import ShardWriter, activation_key
-from ...sae_core.errors import SAEConceptsError
+from ...sae_core.errors import SAEConceptsError, finite, require
 
 
 @dataclass
 class CollectConfig:
-    checkpoint: str = field(default="", metadata={"help": "SD1.x checkpoint file (.safetensors / .ckpt)"})
+    checkpoint: str = field(default="", metadata={"help": "checkpoint file (.safetensors / .ckpt): SD1.x, SDXL "
+                                                         "or an all-in-one Flux file"})
+    diffusion_model: str = field(default="", metadata={"help": "instead of --checkpoint: a diffusion-model file "
+                                                              "(as UNETLoader reads, e.g. flux1-dev.safetensors)"})
+    text_encoders: str = field(default="", metadata={"help": "with --diffusion-model: comma-separated text-encoder "
+                                                            "files (Flux: clip_l and t5xxl)"})
+    vae: str = field(default="", metadata={"help": "with --diffusion-model: VAE file (images are saved only with one)"})
     prompts: str = field(default="", metadata={"help": "prompt file: .txt, .jsonl or .csv"})
     out: str = field(default="activations", metadata={"help": "output folder (resumes if it exists)"})
     blocks: str = field(default="", metadata={"help": "comma-separated blocks, ComfyUI paths or diffusers names "
-                                                     "(default: the paper's three on SD1.x, SDLens's four on SDXL)"})
+                                                     "(default: the paper's three on SD1.x, SDLens's four on SDXL, "
+                                                     "double_blocks.18 on Flux)"})
+    quantity: str = field(default="delta", metadata={"help": "delta (output - input, the paper's) or output (the "
+                                                            "block's output residual stream, as Shabalin et al.)"})
+    guidance: float = field(default=3.5, metadata={"help": "Flux-dev guidance embedding (FluxGuidance); other "
+                                                          "families ignore it"})
     timesteps: str = field(default="1.0,0.5,0.0", metadata={"help": "paper's t buckets (1.0 = first step)"})
     steps: int = field(default=50, metadata={"help": "sampling steps"})
     cfg: float = field(default=7.5, metadata={"help": "classifier-free guidance scale"})
@@ -50,45 +62,25 @@ class CollectError(SAEConceptsError, ValueError):
     pass
 
 
-SDLENS_SDXL_BLOCKS = ("down_blocks.2.attentions.1", "mid_block.attentions.0", "up_blocks.0.attentions.0",
-                      "up_blocks.0.attentions.1")
-
-
-def load_checkpoint(path: str):
-    """(ModelPatcher, CLIP, VAE) through ComfyUI's loader; refuses anything but SD1.x / SDXL."""
-    import comfy.sd
-    p = Path(path)
-    if not p.is_file():
-        raise CollectError(f"checkpoint {p} not found")
-    try:
-        model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(p), output_vae=True, output_clip=True)
-    except Exception as e:  # noqa: BLE001 - ComfyUI raises RuntimeError or loader-specific errors
-        raise CollectError(f"checkpoint {p} cannot be loaded as a diffusion model: {str(e).splitlines()[0]}") from e
-    check_family(model, str(p))
-    return model, clip, vae
-
-
-def check_family(model, name: str) -> str:
-    """'sd1' or 'sdxl' (the U-Nets whose transformer blocks this pack knows), else a clear error."""
-    from ...nodes.model_blocks import model_family
-    fam = model_family(model)
-    if fam not in ("sd1", "sdxl"):
-        unet = getattr(model.model.model_config, "unet_config", {})
-        raise CollectError(f"{name} is detected as {type(model.model.model_config).__name__} "
-                           f"(context_dim={unet.get('context_dim')}, model_channels={unet.get('model_channels')}), "
-                           f"not an SD1.x or SDXL model")
-    return fam
+def load_models(cfg: CollectConfig):
+    """(model, clip, vae) from --checkpoint, or from --diffusion-model + --text-encoders (+ --vae)."""
+    from ...host.loaders import load_checkpoint, load_parts
+    if bool(cfg.checkpoint) == bool(cfg.diffusion_model):
+        raise CollectError("give either --checkpoint or --diffusion-model (with --text-encoders), not "
+                           + ("both" if cfg.checkpoint else "neither"))
+    if cfg.checkpoint:
+        return load_checkpoint(cfg.checkpoint)
+    return load_parts(cfg.diffusion_model, [t.strip() for t in cfg.text_encoders.split(",") if t.strip()], cfg.vae)
 
 
 def bucket_sigmas(model, cfg: CollectConfig, timesteps: list[float]) -> tuple[dict[float, float], dict[float, int]]:
-    """t bucket -> (sigma, step index) of the sampling step whose t is nearest."""
+    """t bucket -> (sigma, step index) of the sampling step whose t is nearest (the family's rule)."""
     import comfy.samplers
-    from ...nodes.block_patch import sigma_to_t
+    from ...host.block_patch import StepClock
     ks = comfy.samplers.KSampler(model, steps=cfg.steps, device=model.load_device, sampler=cfg.sampler,
                                  scheduler=cfg.scheduler, denoise=1.0, model_options=model.model_options)
-    ms = model.get_model_object("model_sampling")
     sig = [float(s) for s in ks.sigmas[:-1]]
-    ts = [sigma_to_t(ms, s) for s in sig]
+    ts = StepClock(model).step_ts(ks.sigmas)
     idx = {t: min(range(len(sig)), key=lambda i: abs(ts[i] - t)) for t in timesteps}
     return {t: sig[i] for t, i in idx.items()}, idx
 
@@ -111,40 +103,78 @@ def run_config(cfg: CollectConfig, n_prompts: int, family: str) -> dict:
     for k in ("out", "limit", "save_images", "batch_size"):
         d.pop(k)
     d["checkpoint"] = Path(cfg.checkpoint).name if cfg.checkpoint else "<in-process model>"
+    d["diffusion_model"] = Path(cfg.diffusion_model).name if cfg.diffusion_model else ""
+    d["text_encoders"] = ",".join(Path(t.strip()).name for t in cfg.text_encoders.split(",") if t.strip())
+    d["vae"] = Path(cfg.vae).name if cfg.vae else ""
     d["prompts"] = hashlib.sha256(Path(cfg.prompts).read_bytes()).hexdigest()[:16] if cfg.prompts else ""
     d["n_prompts"] = n_prompts
     d["model_family"] = family
     return d
 
 
+def parse_timesteps(text: str) -> list[float]:
+    try:
+        timesteps = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        timesteps = []
+    if not timesteps or any(not 0.0 <= t <= 1.0 for t in timesteps):
+        raise CollectError(f"--timesteps must be comma-separated numbers in [0, 1] (1.0 = first step), got {text!r}")
+    return timesteps
+
+
+def check_collect_config(cfg: CollectConfig) -> None:
+    """Values that make no sense are refused before the model is loaded, naming the option."""
+    for name in ("steps", "width", "height", "batch_size", "prompts_per_shard"):
+        require(getattr(cfg, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+    for name in ("positions", "limit", "seed"):
+        require(getattr(cfg, name) >= 0, f"--{name} must be >= 0, got {getattr(cfg, name)}")
+    require(finite("--cfg", cfg.cfg) > 0, f"--cfg must be positive (1 = no guidance), got {cfg.cfg}")
+    finite("--guidance", cfg.guidance)
+    require(cfg.width % 8 == 0 and cfg.height % 8 == 0,
+            f"--width and --height must be multiples of 8, got {cfg.width}x{cfg.height}")
+    parse_timesteps(cfg.timesteps)
+
+
 def collect(cfg: CollectConfig, model=None, clip=None, vae=None, prompts: list[str] | None = None,
             rank: int = 0, world: int = 1, progress: bool = True) -> Path:
+    check_collect_config(cfg)
+    check_writable(cfg.out, "--out")   # before loading a model and sampling, not after
+    import comfy.samplers
+    for name, value, known in (("--sampler", cfg.sampler, comfy.samplers.KSampler.SAMPLERS),
+                               ("--scheduler", cfg.scheduler, comfy.samplers.KSampler.SCHEDULERS)):
+        require(value in known, f"{name} {value!r} is not one of ComfyUI's: {', '.join(known)}")
     import comfy.sample
-    from ...nodes.block_patch import TimestepRecorder, patch_block
+    from ...host.block_patch import QUANTITIES, TimestepRecorder, patch_block
+    from ...host.loaders import check_family
+    from ...host.model_blocks import diffusers_to_comfy, resolve_block, transformer_blocks
 
     prompts = prompts if prompts is not None else read_prompts(cfg.prompts)
     if cfg.limit:
         prompts = prompts[: cfg.limit]
     if model is None:
-        model, clip, vae = load_checkpoint(cfg.checkpoint)
-    family = check_family(model, cfg.checkpoint or "the model")
+        model, clip, vae = load_models(cfg)
+    family = check_family(model, cfg.checkpoint or cfg.diffusion_model or "the model")
+    if cfg.quantity not in QUANTITIES:
+        raise CollectError(f"--quantity must be one of {QUANTITIES}, got {cfg.quantity!r}")
     if cfg.width % 8 or cfg.height % 8:
         raise CollectError(f"width and height must be multiples of 8, got {cfg.width}x{cfg.height}")
-    from ...nodes.model_blocks import diffusers_to_comfy, resolve_block, transformer_blocks
-    names = [b for b in cfg.blocks.split(",") if b.strip()] or list(PAPER_BLOCKS if family == "sd1" else SDLENS_SDXL_BLOCKS)
-    blocks = [resolve_block(model, b) for b in names]
+    names = [b for b in cfg.blocks.split(",") if b.strip()] or list(family.default_blocks)
+    try:
+        blocks = [resolve_block(model, b) for b in names]
+    except ValueError as e:
+        raise CollectError(str(e)) from None
     channels = {b: transformer_blocks(model)[b] for b in blocks}
     diffusers = {c: d for d, c in diffusers_to_comfy(model).items() if c in blocks}
-    timesteps = [float(t) for t in cfg.timesteps.split(",") if t.strip()]
-    if not timesteps or any(not 0.0 <= t <= 1.0 for t in timesteps):
-        raise CollectError(f"timesteps must be in [0, 1] (1.0 = first step), got {cfg.timesteps!r}")
+    timesteps = parse_timesteps(cfg.timesteps)
     out = Path(cfg.out)
-    writer = ShardWriter(out, rank, run_config=run_config(cfg, len(prompts), family))
+    writer = ShardWriter(out, rank, run_config=run_config(cfg, len(prompts), family.name))
+    for bad in writer.repaired:
+        print(f"collect: shard {bad} is listed but not intact; collecting it again")
     targets, step_index = bucket_sigmas(model, cfg, timesteps)
     recorders = {b: TimestepRecorder(targets, torch.float16) for b in blocks}
     patched = model
     for b in blocks:
-        patched = patch_block(patched, b, recorders[b])
+        patched = patch_block(patched, b, recorders[b], quantity=cfg.quantity)
     negative = encode(clip, cfg.negative_prompt)
     mine = list(range(rank, len(prompts), world))
     chunks = [mine[i:i + cfg.prompts_per_shard] for i in range(0, len(mine), cfg.prompts_per_shard)]
@@ -154,6 +184,7 @@ def collect(cfg: CollectConfig, model=None, clip=None, vae=None, prompts: list[s
         bar = tqdm(total=len(mine), desc=f"collect (rank {rank})", unit="prompt",
                    initial=sum(len(c) for i, c in enumerate(chunks) if i in writer.done))
     lh, lw = cfg.height // 8, cfg.width // 8
+    channels_latent = model.get_model_object("latent_format").latent_channels
     for shard_index, chunk in enumerate(chunks):
         if shard_index in writer.done:
             continue
@@ -161,10 +192,12 @@ def collect(cfg: CollectConfig, model=None, clip=None, vae=None, prompts: list[s
         grids = {}
         for start in range(0, len(chunk), cfg.batch_size):
             ids = chunk[start:start + cfg.batch_size]
-            noise = torch.cat([torch.randn(1, 4, lh, lw, generator=torch.Generator().manual_seed(cfg.seed + i))
+            noise = torch.cat([torch.randn(1, channels_latent, lh, lw, generator=torch.Generator().manual_seed(cfg.seed + i))
                                for i in ids])
             positive = batch_conditioning([encode(clip, prompts[i]) for i in ids])
             neg = batch_conditioning([negative] * len(ids))
+            if family.name == "flux":   # what FluxGuidance sets (Flux-dev's guidance embedding)
+                positive[0][1]["guidance"] = neg[0][1]["guidance"] = cfg.guidance
             for r in recorders.values():
                 r.reset()
             latent = comfy.sample.sample(patched, noise, cfg.steps, cfg.cfg, cfg.sampler, cfg.scheduler, positive,
@@ -200,6 +233,9 @@ def collect(cfg: CollectConfig, model=None, clip=None, vae=None, prompts: list[s
             "prompt_ids": chunk, "prompts": [prompts[i] for i in chunk], "seeds": [cfg.seed + i for i in chunk],
             "grids": grids, "channels": channels, "blocks_diffusers": diffusers,
             "step_index": {f"{t:g}": i for t, i in step_index.items()}})
+        left = sum(1 for i in range(shard_index + 1, len(chunks)) if i not in writer.done)
+        if left:   # a full disk is found after one shard, from the shards' real size, not at the end
+            check_writable(out, "--out", need_bytes=left * max(s["bytes"] for s in writer.manifest["shards"]))
     if bar is not None:
         bar.close()
     return out

@@ -112,11 +112,12 @@ def run_demo(out: Path, n_train: int = 200, epochs: int = 8, comfyui: str = "aut
 
 def comfyui_smoke_run(out: Path, mode: str, progress: bool) -> dict | None:
     """With ComfyUI present: collect for real from a random-weight SD1.5 checkpoint."""
-    from ..collect.comfy_host import find_comfyui
+    from ...host.comfy_env import find_comfyui
     if mode == "off" or (mode == "auto" and find_comfyui() is None):
         return None
     from ..collect.collect import CollectConfig, collect, write_prompt_index
-    from ..collect.comfy_host import cached_random_sd1_checkpoint, import_comfy
+    from ...host.comfy_env import import_comfy
+    from ...host.random_checkpoint import cached_random_sd1_checkpoint
     try:
         import_comfy()
         import comfy.sample  # noqa: F401  (imports ComfyUI's model code, which needs e.g. torchvision)

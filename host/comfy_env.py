@@ -1,0 +1,60 @@
+"""Find and import ComfyUI for in-process use (the CLI and tests; inside ComfyUI nothing here runs).
+
+ComfyUI is not on PyPI; it is found at $COMFYUI_PATH, else as the ComfyUI that holds this
+plugin in custom_nodes/, else at ~/comfy/ComfyUI (comfy-cli's default).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from ..sae_core.errors import SAEConceptsError
+
+PLUGIN_ROOT = Path(__file__).resolve().parents[1]
+
+
+class ComfyUINotFound(SAEConceptsError, RuntimeError):
+    pass
+
+
+def candidate_paths() -> list[Path]:
+    paths = []
+    if os.environ.get("COMFYUI_PATH"):
+        paths.append(Path(os.environ["COMFYUI_PATH"]).expanduser())
+    if PLUGIN_ROOT.parent.name == "custom_nodes":
+        paths.append(PLUGIN_ROOT.parent.parent)
+    paths.append(Path.home() / "comfy" / "ComfyUI")
+    return paths
+
+
+def find_comfyui() -> Path | None:
+    for p in candidate_paths():
+        if (p / "comfy" / "model_patcher.py").is_file() and (p / "nodes.py").is_file():
+            return p.resolve()
+    return None
+
+
+def import_comfy(cpu: bool | None = None, extra_sys_paths: tuple[str, ...] = ()) -> Path:
+    """Put ComfyUI on sys.path and configure it for in-process use; returns its folder."""
+    root = find_comfyui()
+    if root is None:
+        raise ComfyUINotFound(
+            "ComfyUI not found: set COMFYUI_PATH to a ComfyUI checkout, or export one to "
+            f"~/comfy/ComfyUI (looked in: {', '.join(map(str, candidate_paths()))})")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    for extra in extra_sys_paths:
+        if extra not in sys.path:
+            sys.path.append(extra)
+    if "comfy.model_management" not in sys.modules:
+        # ComfyUI reads its settings from comfy.cli_args.args when comfy.model_management is first
+        # imported. Only then, i.e. only when this process hosts ComfyUI itself (never inside a
+        # running ComfyUI, where model_management is already loaded), are the two settings a
+        # headless run needs set: the device, and PyTorch attention (xformers may be absent).
+        from comfy.cli_args import args
+        import torch
+        args.cpu = (not torch.cuda.is_available()) if cpu is None else cpu
+        args.use_pytorch_cross_attention = True
+    import comfy.model_management  # noqa: F401  (initialises devices with the args above)
+    return root

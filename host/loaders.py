@@ -1,0 +1,82 @@
+"""Load models with ComfyUI's own loaders, as the CLI needs them (inside ComfyUI, its loader nodes do this).
+
+Two layouts: a single checkpoint file (SD1.x / SDXL, also all-in-one Flux files), or a diffusion
+model file (what UNETLoader reads, e.g. flux1-dev.safetensors) with text encoders and a VAE given
+by path (DualCLIPLoader / VAELoader). The family is checked against the registry.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..sae_core.errors import SAEConceptsError
+from ..sae_core.families import ModelFamily
+
+
+class ModelLoadError(SAEConceptsError, ValueError):
+    pass
+
+
+# ComfyUI's text-encoder type for each family's DualCLIPLoader / CLIPLoader ("type" input).
+CLIP_TYPES = {"sd1": "STABLE_DIFFUSION", "sdxl": "STABLE_DIFFUSION", "flux": "FLUX"}
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0]
+
+
+def _require_file(path: str, what: str) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise ModelLoadError(f"{what} {p} not found")
+    return p
+
+
+def check_family(model, name: str) -> ModelFamily:
+    from .model_blocks import config_name, family_of
+    fam = family_of(model)
+    if fam is None:
+        unet = getattr(model.model.model_config, "unet_config", {})
+        raise ModelLoadError(f"{name} is detected as {config_name(model)} (context_dim={unet.get('context_dim')}, "
+                             f"model_channels={unet.get('model_channels')}, hidden_size={unet.get('hidden_size')}), "
+                             f"not an SD1.x, SDXL or Flux.1 model")
+    return fam
+
+
+def load_checkpoint(path: str):
+    """(ModelPatcher, CLIP, VAE) from one checkpoint file through ComfyUI's loader."""
+    import comfy.sd
+    p = _require_file(path, "checkpoint")
+    try:
+        model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(p), output_vae=True, output_clip=True)
+    except Exception as e:  # noqa: BLE001 - ComfyUI raises RuntimeError or loader-specific errors
+        raise ModelLoadError(f"checkpoint {p} cannot be loaded as a diffusion model: {_first_line(e)}") from e
+    check_family(model, str(p))
+    return model, clip, vae
+
+
+def load_parts(diffusion_model: str, text_encoders: list[str], vae: str = ""):
+    """(ModelPatcher, CLIP, VAE or None) from a diffusion-model file, text-encoder files and a VAE file."""
+    import comfy.sd
+    import comfy.utils
+    p = _require_file(diffusion_model, "diffusion model")
+    try:
+        model = comfy.sd.load_diffusion_model(str(p))
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(f"diffusion model {p} cannot be loaded: {_first_line(e)}") from e
+    fam = check_family(model, str(p))
+    if not text_encoders:
+        raise ModelLoadError(f"{p} is a bare diffusion model: give its text encoders (--text-encoders, "
+                             f"comma-separated; Flux: clip_l and t5xxl)")
+    paths = [str(_require_file(t, "text encoder")) for t in text_encoders]
+    try:
+        clip = comfy.sd.load_clip(paths, clip_type=getattr(comfy.sd.CLIPType, CLIP_TYPES[fam.name]))
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(f"text encoders {paths} cannot be loaded for {fam.display}: {_first_line(e)}") from e
+    vae_model = None
+    if vae:
+        v = _require_file(vae, "VAE")
+        try:
+            vae_model = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(v)))
+        except Exception as e:  # noqa: BLE001
+            raise ModelLoadError(f"VAE {v} cannot be loaded: {_first_line(e)}") from e
+    return model, clip, vae_model
