@@ -7,8 +7,9 @@ from .global_style_steer import GlobalStyleSteer
 from .load_sae import LoadSAE
 from .model_folders import register
 from .spatial_concept_steer import SpatialConceptSteer
+from .toyworld_nodes import NODES as TOYWORLD_NODES
 
-NODES = [LoadSAE, SpatialConceptSteer, GlobalStyleSteer, ConceptMapPreview]
+NODES = [LoadSAE, SpatialConceptSteer, GlobalStyleSteer, ConceptMapPreview, *TOYWORLD_NODES]
 
 
 class SAEConceptsExtension(ComfyExtension):

@@ -1,0 +1,163 @@
+"""The Toy World model in a real headless ComfyUI server: our loader + the CORE nodes (CLIP Text
+Encode, Empty Latent Image, KSampler, VAE Decode / Encode, Save Image) + every SAE Concepts node."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sae_concepts.sae_core import PAPER_BLOCKS, SAEEntry, SAEInfo, SaeConfig, TopKSAE, save_sae_set
+from sae_concepts.sae_core.concept_dictionary import ConceptDictionary, SAEConcepts
+
+sys.path.insert(0, str(Path(__file__).parent / "host_support"))
+from comfy_server import comfy_server  # noqa: E402
+from test_host_server import run, saved_image  # noqa: E402
+
+TOY_SAE = "toyworld_test_sae.safetensors"
+TOY_DICT = "toyworld_test_dictionary.json"
+
+
+def toy_weights(folder: Path) -> Path:
+    """The shipped weights when present, else a randomly initialised toy model (same format)."""
+    from sae_concepts.training.toyworld.sampling import SHIPPED_WEIGHTS
+    if SHIPPED_WEIGHTS.is_file():
+        return SHIPPED_WEIGHTS
+    from sae_concepts.training.toyworld.train import CHECKPOINT, ToyTrainConfig, ToyTrainer, export_weights
+    trainer = ToyTrainer(ToyTrainConfig(out=str(folder)))
+    # A fresh toy U-Net starts with zeroed output layers (it would ignore every edit): give them weights.
+    g = torch.Generator().manual_seed(0)
+    for v in trainer.ema.values():
+        if v.is_floating_point() and v.ndim > 1 and not v.any():
+            v.copy_(torch.randn(v.shape, generator=g) * 0.05)
+    trainer.save_checkpoint(folder / CHECKPOINT)
+    return export_weights(folder / CHECKPOINT, folder / "toyworld_test.safetensors")
+
+
+def write_toy_models(base: Path, weights: Path) -> str:
+    (base / "models" / "toyworld").mkdir(parents=True)
+    (base / "models" / "toyworld" / "toy_under_test.safetensors").symlink_to(weights)
+    sae_dir = base / "models" / "sae"
+    sae_dir.mkdir(parents=True)
+    entries = []
+    for i, block in enumerate(PAPER_BLOCKS):
+        sae = TopKSAE(SaeConfig(d_in=128, n_latents=512, k=8))
+        sae.reset_parameters(torch.Generator().manual_seed(i))
+        entries.append(SAEEntry(sae, SAEInfo(model_family="toyworld", block=block, t=None, cond="both")))
+    save_sae_set(sae_dir / TOY_SAE, entries)
+    labels = {"red circle": [3, 4], "striped": [10], "blue square": [20]}
+    ConceptDictionary([SAEConcepts(b, None, "both", {cid: {"labels": [w], "counts": {w: 1}}
+                                                      for w, ids in labels.items() for cid in ids})
+                       for b in PAPER_BLOCKS]).save(sae_dir / TOY_DICT)
+    return "toy_under_test.safetensors"
+
+
+@pytest.fixture(scope="module")
+def toy_server(comfy, tmp_path_factory):
+    from conftest import PLACEHOLDER, _torchvision_works
+    base = tmp_path_factory.mktemp("toy_base")
+    weights = toy_weights(tmp_path_factory.mktemp("toy_weights"))
+    name = write_toy_models(base, weights)
+    frontend = base / "frontend"
+    frontend.mkdir()
+    (frontend / "index.html").write_text("<html>headless test</html>")
+    with comfy_server(comfy, base, frontend, None if _torchvision_works() else PLACEHOLDER) as srv:
+        srv["toy_weights"] = name
+        yield srv
+
+
+def graph(weights: str, steer: dict | None, empty: str = "toy", steps: int = 4) -> dict:
+    """API-format prompt: Load Toy World -> CLIP Text Encode x2 -> (steer) -> KSampler -> VAE Decode -> Save."""
+    g = {
+        "1": {"class_type": "SAEConcepts_LoadToyWorld", "inputs": {"weights": weights}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "red circle on plain background"}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
+        "4": ({"class_type": "SAEConcepts_ToyWorldEmptyLatent", "inputs": {"width": 48, "height": 48, "batch_size": 1}}
+              if empty == "toy" else
+              {"class_type": "EmptyLatentImage", "inputs": {"width": 192, "height": 192, "batch_size": 1}}),
+        "5": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0],
+                                                   "latent_image": ["4", 0], "seed": 3, "steps": steps, "cfg": 3.0,
+                                                   "sampler_name": "ddim", "scheduler": "ddim_uniform", "denoise": 1.0}},
+        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "toy_unsteered"}},
+    }
+    if steer is not None:
+        g["10"] = {"class_type": "SAEConcepts_LoadSAE", "inputs": {"sae_name": TOY_SAE, "dictionary": TOY_DICT,
+                                                                   "block_for_foreign": "from file"}}
+        g["11"] = steer
+        g["12"] = {**g["5"], "inputs": {**g["5"]["inputs"], "model": ["11", 0]}}
+        g["13"] = {"class_type": "VAEDecode", "inputs": {"samples": ["12", 0], "vae": ["1", 2]}}
+        g["14"] = {"class_type": "SaveImage", "inputs": {"images": ["13", 0], "filename_prefix": "toy_steered"}}
+    return g
+
+
+def images_of(srv, hist, api):
+    return {n["inputs"]["filename_prefix"]: saved_image(srv, hist, nid)
+            for nid, n in api.items() if n["class_type"] == "SaveImage"}
+
+
+def test_toy_model_runs_with_core_nodes(toy_server):
+    for empty in ("toy", "core"):
+        api = graph(toy_server["toy_weights"], None, empty=empty)
+        hist = run(toy_server, api)
+        assert hist["status"]["status_str"] == "success", hist["status"]
+        img = images_of(toy_server, hist, api)["toy_unsteered"]
+        assert img.shape == (48, 48, 3), (empty, img.shape)
+
+
+def test_vae_encode_decode_is_lossless_in_the_server(toy_server):
+    api = graph(toy_server["toy_weights"], None)
+    api["8"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["6", 0], "vae": ["1", 2]}}
+    api["9"] = {"class_type": "VAEDecode", "inputs": {"samples": ["8", 0], "vae": ["1", 2]}}
+    api["15"] = {"class_type": "SaveImage", "inputs": {"images": ["9", 0], "filename_prefix": "toy_roundtrip"}}
+    hist = run(toy_server, api)
+    assert hist["status"]["status_str"] == "success", hist["status"]
+    imgs = images_of(toy_server, hist, api)
+    assert np.abs(imgs["toy_roundtrip"] - imgs["toy_unsteered"]).max() <= 1
+
+
+QUADRANT = {"class_type": "SAEConcepts_QuadrantMask", "inputs": {"quadrant": "top right", "width": 48, "height": 48}}
+WINDOW = {"concept_ids": "0", "start_percent": 0.0, "end_percent": 1.0, "rows": "both", "mode": "paper", "block": "auto"}
+
+
+@pytest.mark.parametrize("kind", ["spatial", "global", "suppress"])
+def test_our_steer_nodes_change_the_toy_image(toy_server, kind):
+    if kind == "spatial":
+        steer = {"class_type": "SAEConcepts_SpatialConceptSteer",
+                 "inputs": {"model": ["1", 0], "sae": ["10", 0], "concept": "red circle", "mask": ["20", 0],
+                            "beta": 4000.0, **WINDOW}}
+    else:
+        steer = {"class_type": "SAEConcepts_GlobalStyleSteer",
+                 "inputs": {"model": ["1", 0], "sae": ["10", 0], "concept": "striped",
+                            "beta": 1000.0 if kind == "global" else -1000.0, **WINDOW}}
+    api = graph(toy_server["toy_weights"], steer)
+    api["20"] = QUADRANT
+    hist = run(toy_server, api)
+    assert hist["status"]["status_str"] == "success", hist["status"]
+    imgs = images_of(toy_server, hist, api)
+    assert np.abs(imgs["toy_steered"] - imgs["toy_unsteered"]).max() >= 1, "steering did not change the image"
+
+
+def test_concept_map_preview_on_the_toy_model(toy_server):
+    api = graph(toy_server["toy_weights"], None)
+    api["10"] = {"class_type": "SAEConcepts_LoadSAE", "inputs": {"sae_name": TOY_SAE, "dictionary": TOY_DICT,
+                                                                 "block_for_foreign": "from file"}}
+    api["16"] = {"class_type": "SAEConcepts_ConceptMapPreview",
+                 "inputs": {"model": ["1", 0], "sae": ["10", 0], "positive": ["2", 0], "negative": ["3", 0],
+                            "latent_image": ["4", 0], "seed": 3, "steps": 4, "cfg": 3.0, "sampler_name": "ddim",
+                            "scheduler": "ddim_uniform", "at_percent": 0.0, "block": "middle_block.1",
+                            "concept": "red circle", "concept_ids": "0", "overlay": True, "top_n": 5, "live_preview": False}}
+    hist = run(toy_server, api)
+    assert hist["status"]["status_str"] == "success", hist["status"]
+    assert hist["outputs"]["16"]["images"], "ConceptMapPreview showed no map"
+
+
+def test_unknown_toy_word_is_refused_naming_the_vocabulary(toy_server):
+    api = graph(toy_server["toy_weights"], None)
+    api["2"]["inputs"]["text"] = "a purple dog"
+    hist = run(toy_server, api)
+    assert hist["status"]["status_str"] == "error"
+    assert "unknown word" in json.dumps(hist["status"]["messages"])
