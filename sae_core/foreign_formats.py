@@ -5,7 +5,7 @@
 - sparsify (EleutherAI): folder with cfg.json + sae.safetensors.
 - SAELens: folder with cfg.json + sae_weights.safetensors.
 SDLens and SAELens files carry no block field: the block is read from SAELens's `hook_name`
-(and `model_name`) where set, else from the folder names (SDLens's own layout is
+(and `model_name`, top level or under `metadata`) where set, else from the folder names (SDLens's own layout is
 `<diffusers block>_k10_hidden5120_.../final/`); callers may pass it instead (SAEInfo).
 """
 from __future__ import annotations
@@ -65,7 +65,8 @@ def infer_info(folder: Path, raw: dict, d_in: int, default_family: str | None = 
     """Family and block of a foreign SAE from its cfg (hook_name, model_name) or folder names;
     None where they are not there (the caller then asks the user). `default_family` settles a
     block name two families share (SD1.x and SDXL both have mid_block.attentions.0)."""
-    texts = [str(raw[k]) for k in ("hook_name", "hook_point", "model_name") if raw.get(k)]
+    meta = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}   # SAELens >= 6 keeps them there
+    texts = [str(src[k]) for src in (raw, meta) for k in ("hook_name", "hook_point", "model_name") if src.get(k)]
     texts += [p.name for p in (folder, *folder.parents)][:3]
     block = next((m.group(1) for t in texts for m in [_BLOCK_IN_NAME.search(t)] if m), None)
     if block is None:

@@ -81,7 +81,7 @@ def frontend_page(comfy, tmp_path_factory):
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
                                          args=["--no-sandbox", "--disable-gpu"])
-            page = browser.new_page(viewport={"width": 2400, "height": 1150})
+            page = browser.new_page(viewport={"width": 2600, "height": 1200})
             errors = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(srv["url"], wait_until="load", timeout=120_000)
@@ -109,10 +109,16 @@ def test_workflow_opens_in_the_real_frontend_without_missing_nodes_or_overlaps(f
     shots = os.environ.get("SAE_CONCEPTS_SCREENSHOTS")
     if shots:
         Path(shots).mkdir(parents=True, exist_ok=True)
-        # The whole graph, at a scale where the frontend still draws text (it drops it below ~0.6).
-        page.evaluate("() => { const c = window.app.canvas; c.ds.scale = 0.62; c.ds.offset = [60, 110]; "
-                      "c.setDirty(true, true); }")
+        # The whole graph, at a scale where the frontend still draws text (it drops it below ~0.6),
+        # clipped to the nodes' bounds.
+        clip = page.evaluate("""(boxes) => {
+          const c = window.app.canvas, s = 0.62;
+          const x0 = Math.min(...boxes.map(b => b[0])), y0 = Math.min(...boxes.map(b => b[1]));
+          const x1 = Math.max(...boxes.map(b => b[0] + b[2])), y1 = Math.max(...boxes.map(b => b[1] + b[3]));
+          c.ds.scale = s; c.ds.offset = [70 / s - x0, 90 / s - y0]; c.setDirty(true, true);
+          const r = c.canvas.getBoundingClientRect();
+          return {x: r.left + 60, y: r.top + 80, width: (x1 - x0) * s + 20, height: (y1 - y0) * s + 20};
+        }""", [n["box"] for n in nodes])
         page.wait_for_timeout(300)
-        page.screenshot(path=str(Path(shots) / f"{Path(workflow).stem}.png"))
-        (Path(shots) / f"{Path(workflow).stem}.json").write_text(json.dumps(nodes, indent=1))
+        page.screenshot(path=str(Path(shots) / f"{Path(workflow).stem}.png"), clip=clip)
     assert not errors, errors

@@ -377,3 +377,68 @@ def test_steering_in_half_precision_models_matches_float32_math(comfy, dtype):
             torch.testing.assert_close(d1[i].float() - d0[i].float(), exp, rtol=0, atol=16 * eps)
     huge = sample(steer_spatial(model, s, concept="3, 7", beta=1e5, rows="both"))
     assert torch.isfinite(huge).all(), f"{dtype}: a large beta made the sample non-finite"
+
+
+# ---- live concept map, SDLens rows, foreign blocks ------------------------------------------
+def test_live_preview_sends_each_steps_concept_map(tiny_model):
+    """With live_preview the progress hook receives, after every step, that step's concept map;
+    the first equals the map the node outputs for at_percent = 0."""
+    import comfy.utils
+    from sae_concepts.nodes.concept_map_preview import ConceptMapPreview
+    s = sae_set()
+    g = torch.Generator().manual_seed(0)
+    pos = [[torch.randn(1, 77, 32, generator=g), {}]]
+    neg = [[torch.randn(1, 77, 32, generator=g), {}]]
+    latent = {"samples": torch.zeros(1, 4, 32, 32)}
+    frames = []
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: frames.append((value, total, preview)))
+    try:
+        out(ConceptMapPreview.execute(tiny_model, s, pos, neg, latent, 0, 4, 7.5, "ddim", "normal", 1.0, BLOCK,
+                                      True, 5, live_preview=True))
+        live = list(frames)
+        frames.clear()
+        first, _, _ = out(ConceptMapPreview.execute(tiny_model, s, pos, neg, latent, 0, 4, 7.5, "ddim", "normal",
+                                                    0.0, BLOCK, True, 5, live_preview=True))
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+    assert [(v, t) for v, t, _ in live] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    fmt, img, _ = live[0][2]
+    assert fmt == "JPEG" and img.size == (256, 256)
+    import numpy as np
+    expected = (first[0].numpy() * 255).round().astype("uint8")
+    assert np.array_equal(np.asarray(img), expected), "the first live frame is not the step-1 concept map"
+    assert not np.array_equal(np.asarray(live[-1][2][1]), np.asarray(img)), "the map did not change over steps"
+
+
+def test_sdlens_mode_both_rows_adds_to_positive_and_subtracts_from_negative(tiny_model):
+    """sdxl-unbox (hooks/sdxl.py, add_feature_on_area_base_both): + on the cond row, - on uncond."""
+    from sae_concepts.host.block_patch import BlockCall
+    from sae_concepts.nodes.steering import ConceptSteerEdit
+    s = sae_set()
+    s.entries[0].latent_mean = torch.rand(256, generator=torch.Generator().manual_seed(3))
+    mask = torch.ones(1, 4, 4)
+    edit = ConceptSteerEdit(tiny_model, BLOCK, s.entries, s, "7", "spatial", 10.0, 0.0, 1.0, "both", mask=mask,
+                            mode="sdlens")
+    change = edit(torch.randn(2, TINY_CH, 4, 4), BlockCall(BLOCK, torch.tensor([14.0, 14.0]), ["cond", "uncond"],
+                                                           {"cond_or_uncond": [0, 1]}))
+    sae = s.entries[0].sae
+    direction = 10.0 * float(s.entries[0].latent_mean[7]) * sae.W_dec[7] * sae.input_scale
+    torch.testing.assert_close(change[0].reshape(TINY_CH, -1).t(), direction.expand(16, -1).contiguous())
+    torch.testing.assert_close(change[1], -change[0])
+
+
+def test_load_sae_refuses_a_foreign_file_without_a_block_listing_the_valid_ones(registered, tmp_path):
+    import folder_paths
+    import json as _json
+    folder = tmp_path / "my_sdlens"
+    folder.mkdir()
+    _json.dump({"n_dirs_local": 64, "d_model": 16, "k": 4}, open(folder / "config.json", "w"))
+    torch.save({"state_dict": {"encoder.weight": torch.randn(64, 16), "decoder.weight": torch.randn(16, 64),
+                               "pre_bias": torch.zeros(16), "latent_bias": torch.zeros(64)}}, folder / "state_dict.pth")
+    folder_paths.add_model_folder_path("sae", str(tmp_path))
+    load = registered["SAEConcepts_LoadSAE"]
+    with pytest.raises(ValueError, match=r"names no block.*one of: sd1 down_blocks.0.attentions.0, .*sdxl "
+                                         r"up_blocks.0.attentions.1"):
+        load.execute("my_sdlens/state_dict.pth", "none", "from file")
+    loaded = out(load.execute("my_sdlens/state_dict.pth", "none", "sdxl up_blocks.0.attentions.1"))[0]
+    assert loaded.entries[0].info.block == "output_blocks.1.1"
