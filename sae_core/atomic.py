@@ -55,7 +55,7 @@ def check_writable(folder: str | os.PathLike, what: str, need_bytes: int = 0) ->
             os.close(fd)
             os.unlink(probe)
     except OSError as e:
-        raise OutputError(f"{what}: cannot write into {folder} ({e.strerror or e}); choose a writable place "
+        raise OutputError(f"{what}: {folder} is not writable ({e.strerror or e}); choose a writable place "
                           f"with free space") from e
     free = shutil.disk_usage(folder).free
     if need_bytes > free:
