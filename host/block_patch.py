@@ -29,6 +29,7 @@ import comfy.patcher_extension
 import torch
 from comfy.ldm.modules.attention import SpatialTransformer
 
+from ..sae_core.errors import ConfigError
 from ..sae_core.families import DIT, MODEL_TIMESTEP, ModelFamily
 from ..sae_core.families.flux import DOUBLE, patch_key
 from .model_blocks import require_family, resolve_block
@@ -119,6 +120,11 @@ class DitBlockPatch:
     def __init__(self, block: str, edit: BlockEdit, previous=None, quantity: str = "delta"):
         self.block, self.edit, self.previous, self.quantity = block, edit, previous, quantity
         self.double = block.startswith(DOUBLE + ".")
+
+    def __deepcopy__(self, memo):
+        # ModelPatcher.clone() deep-copies model_options: without this every later clone would hold
+        # a copy of the edit (a recorder recording into a copy nobody reads, an SAE duplicated).
+        return self
 
     def __call__(self, args: dict, extra: dict) -> dict:
         opts = args.get("transformer_options") or {}
@@ -238,7 +244,7 @@ class TimestepWindow:
 
     def __init__(self, model, start_percent: float, end_percent: float):
         if not 0.0 <= start_percent <= end_percent <= 1.0:
-            raise ValueError(f"timestep window needs 0 <= start_percent <= end_percent <= 1, got "
+            raise ConfigError(f"timestep window needs 0 <= start_percent <= end_percent <= 1, got "
                              f"start_percent={start_percent}, end_percent={end_percent}")
         ms = model.get_model_object("model_sampling")
         family = require_family(model)

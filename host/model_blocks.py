@@ -9,11 +9,12 @@ from __future__ import annotations
 import comfy.utils
 from comfy.ldm.modules.attention import SpatialTransformer
 
+from ..sae_core.errors import ConfigError
 from ..sae_core.families import DIT, FAMILIES, ModelFamily, UnknownBlock, family_of_config, get_family, strip_prefix
 from ..sae_core.families.flux import DOUBLE, SINGLE
 
 
-class UnsupportedModel(ValueError):
+class UnsupportedModel(ConfigError):
     pass
 
 
@@ -102,10 +103,13 @@ def entry_block(model, entry) -> str:
     if info.model_family in FAMILIES and info.model_family != fam:
         raise ValueError(f"SAE {info.label()} was trained on an {info.model_family} model, but this model is "
                          f"{fam}: load an SAE made for it")
-    name = info.block_diffusers or info.block
+    name = info.block or info.block_diffusers
     if not name:
         raise ValueError(f"SAE {info.label()} does not say which block it belongs to; choose it in Load SAE")
-    return resolve_block(model, name)
+    try:
+        return resolve_block(model, name)
+    except ValueError as e:
+        raise ValueError(f"SAE {info.label()}: {e}") from None
 
 
 __all__ = ["UnsupportedModel", "family_of", "model_family", "require_family", "diffusers_to_comfy",

@@ -21,7 +21,7 @@ from PIL import Image
 from ..sae_core.concept_render import colour_map, normalised_map
 from ..sae_core.interventions import concept_map, top_concepts
 from ..sae_core.sae_set import select_entry
-from ..host.block_patch import BlockCall, TimestepRecorder, patch_block, sigma_to_t
+from ..host.block_patch import BlockCall, StepClock, TimestepRecorder, patch_block
 from .concept_choice import check_concept, concept_inputs, concept_text
 from .sae_memory import DeviceFallback, attach_saes
 from .sae_type import CATEGORY, SAE, node_id
@@ -124,7 +124,8 @@ class ConceptMapPreview(io.ComfyNode):
         groups = sae_groups(model, sae, block)
         block = "middle_block.1" if "middle_block.1" in groups else sorted(groups)[0]
         at_block = groups[block]
-        ms = model.get_model_object("model_sampling")
+        clock = StepClock(model)   # the family's rule for the paper's t of a step
+        quantity = at_block[0].info.quantity   # what the SAEs read: Delta or the block output
         latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
         noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
         probe = comfy.samplers.KSampler(model, steps=steps, device=model.load_device, sampler=sampler_name,
@@ -132,12 +133,13 @@ class ConceptMapPreview(io.ComfyNode):
         n_steps = len(probe.sigmas) - 1
         idx = min(int(round(at_percent * n_steps)), n_steps - 1)
         target = float(probe.sigmas[idx])
+        schedule = {"sample_sigmas": probe.sigmas}
         capture = TimestepRecorder({target: target})
-        patched = patch_block(model, block, capture)
+        patched = patch_block(model, block, capture, quantity=quantity)
         out_hw = (latent.shape[-2] * 8, latent.shape[-1] * 8)
         live = LatestDelta() if live_preview else None
         if live is not None:
-            patched = patch_block(patched, block, live)
+            patched = patch_block(patched, block, live, quantity=quantity)
         attach_saes(patched, [e.sae for e in at_block])
         device = DeviceFallback()
         x0_at = {}
@@ -151,7 +153,7 @@ class ConceptMapPreview(io.ComfyNode):
                 progress(step, x0, x, idx + 1)
                 return
             C, h, w = live.delta.shape
-            entry = select_entry(at_block, sigma_to_t(ms, live.sigma), "cond")
+            entry = select_entry(at_block, clock.t(live.sigma, schedule), "cond")
             sae_model = device.on(entry.sae, live.delta.device)
             with torch.no_grad():
                 rows = live.delta.reshape(C, h * w).t().float()
@@ -167,7 +169,7 @@ class ConceptMapPreview(io.ComfyNode):
         if delta is None:
             raise RuntimeError(f"ConceptMapPreview: block {block} was not called at sigma {target:.4f}; "
                                f"is it part of this model's U-Net?")
-        t = sigma_to_t(ms, target)
+        t = clock.t(target, schedule)
         entry = select_entry(at_block, t, "cond")
         sae_model = entry.sae          # wherever ComfyUI left it; the captured rows go there
         concepts = (sae.dictionary.for_sae(entry.info.block or entry.info.block_diffusers, entry.info.t, entry.info.cond)

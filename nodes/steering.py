@@ -9,16 +9,16 @@ import torch.nn.functional as F
 
 from ..sae_core import SAESet
 from ..sae_core.errors import ConfigError, finite
-from ..sae_core.interventions import global_steer, sdlens_paint, spatial_steer
+from ..sae_core.interventions import activation_addition, global_steer, sdlens_paint, spatial_steer
 from ..sae_core.sae_set import select_entry
-from ..host.block_patch import BlockCall, TimestepWindow, patch_block, sigma_to_t
+from ..host.block_patch import BlockCall, StepClock, TimestepWindow, patch_block
 from ..host.model_blocks import entry_block, resolve_block, transformer_blocks
 from .sae_memory import DeviceFallback, attach_saes
 
 log = logging.getLogger("sae_concepts")
 ROWS = ["cond", "uncond", "both"]
 AUTO = "auto"
-MODES = ["paper", "sdlens"]
+MODES = ["paper", "sdlens", "activation_addition"]
 
 
 def parse_concept(text: str) -> tuple[list[int] | None, list[str]]:
@@ -78,7 +78,13 @@ class ConceptSteerEdit:
         self.block, self.entries, self.dictionary = block, entries, sae_set.dictionary
         self.kind, self.beta, self.rows, self.mode = kind, beta, rows, mode
         self.window = TimestepWindow(model, start_percent, end_percent)
-        self.model_sampling = model.get_model_object("model_sampling")
+        self.clock = StepClock(model)   # the family's rule for the paper's t of a call
+        self.centre = self.clock.family.centre_directions
+        quantities = {e.info.quantity for e in entries}
+        if len(quantities) > 1:
+            raise ConfigError(f"the SAEs for block {block} read different quantities {sorted(quantities)}; "
+                              f"steer them with separate nodes")
+        self.quantity = quantities.pop()
         self.ids, self.words = parse_concept(concept)
         self.mask = mask
         self._cache: dict = {}
@@ -132,7 +138,7 @@ class ConceptSteerEdit:
         return self._cache[key]
 
     def __call__(self, delta: torch.Tensor, call: BlockCall):
-        active = self.window.active(call.sigmas)
+        active = self.window.active(call.sigmas, call.transformer_options)
         if not bool(active.any()):
             return None
         B, C, H, W = delta.shape
@@ -156,7 +162,7 @@ class ConceptSteerEdit:
                                 f"those rows are left unsteered")
                     self._warned.add("nan")
                 continue
-            t = sigma_to_t(self.model_sampling, float(call.sigmas[i]))
+            t = self.clock.t(float(call.sigmas[i]), call.transformer_options)
             entry = select_entry(self.entries, t, kinds[i])
             ids = self._ids_for(entry)
             if not ids:
@@ -177,10 +183,14 @@ class ConceptSteerEdit:
                         # added to the positive row and subtracted from the negative one, so CFG
                         # amplifies it instead of cancelling it.
                         ch = -ch
+                elif self.mode == "activation_addition":
+                    ch = activation_addition(sae, rows_delta, ids, region, self.beta, centre=self.centre)
                 elif self.kind == "spatial":
                     ch = spatial_steer(sae, rows_delta, ids, region, self.beta)
                 else:
                     ch = global_steer(sae, rows_delta, ids, self.beta)
+            if self.centre:   # LayerNorms without affine follow (Flux): the all-ones part does nothing
+                ch = ch - ch.mean(dim=1, keepdim=True)
             ch = ch.t().reshape(C, H, W)
             change[i] = ch.clamp(-limit, limit) if limit is not None else ch
             touched = True
@@ -195,6 +205,6 @@ def steer_model(model, sae_set: SAESet, block: str, concept: str, kind: str, bet
         edits[path] = ConceptSteerEdit(model, path, entries, sae_set, concept, kind, beta, start_percent,
                                        end_percent, rows, mask=mask, mode=mode)
     for path, edit in edits.items():
-        model = patch_block(model, path, edit)
+        model = patch_block(model, path, edit, quantity=edit.quantity)
     attach_saes(model, [e.sae for edit in edits.values() for e in edit.entries])
     return model, edits

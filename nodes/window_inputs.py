@@ -4,12 +4,16 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..sae_core import PAPER_BLOCKS, SD1_BLOCKS
+from ..sae_core.families.flux import DOUBLE, FLUX1_DEPTH, SINGLE
 from .steering import AUTO, MODES, ROWS
 
 # SDXL's transformer blocks that SD1.x lacks (ComfyUI paths); SDLens's are input_blocks.8.1,
 # middle_block.1, output_blocks.0.1 and output_blocks.1.1.
 SDXL_ONLY = ["output_blocks.0.1", "output_blocks.1.1", "output_blocks.2.1"]
-BLOCK_OPTIONS = [AUTO] + list(PAPER_BLOCKS) + [b for b in SD1_BLOCKS if b not in PAPER_BLOCKS] + SDXL_ONLY
+# Flux.1's blocks (19 double, 38 single); a smaller Flux-like model is checked when the node runs.
+FLUX_BLOCKS = [f"{DOUBLE}.{i}" for i in range(FLUX1_DEPTH[DOUBLE])] + [f"{SINGLE}.{i}" for i in range(FLUX1_DEPTH[SINGLE])]
+BLOCK_OPTIONS = ([AUTO] + list(PAPER_BLOCKS) + [b for b in SD1_BLOCKS if b not in PAPER_BLOCKS] + SDXL_ONLY
+                 + FLUX_BLOCKS)
 
 
 def block_input(default: str = AUTO):
@@ -17,7 +21,8 @@ def block_input(default: str = AUTO):
         "block", options=BLOCK_OPTIONS, default=default,
         tooltip="U-Net transformer block (ComfyUI path). 'auto': every block the SAE set has SAEs for. "
                 "The paper's SD1.x blocks: input_blocks.8.1 (down), middle_block.1 (mid), output_blocks.3.1 "
-                "(up); SDLens's SDXL ones: input_blocks.8.1, middle_block.1, output_blocks.0.1 / 1.1.")
+                "(up); SDLens's SDXL ones: input_blocks.8.1, middle_block.1, output_blocks.0.1 / 1.1; Flux: "
+                "double_blocks.<i> / single_blocks.<i> (Shabalin et al.: double_blocks.18).")
 
 
 def mode_input():
@@ -27,7 +32,8 @@ def mode_input():
                 "beta is SDLens's strength (-40..40, default 10), times each feature's mean activation "
                 "(SAEs that carry mean.pt, e.g. SDLens), painted through the mask pooled to the block grid. "
                 "With rows = both it is added to the positive row and subtracted from the negative one, as "
-                "sdxl-unbox does (paper mode adds to both).")
+                "sdxl-unbox does (paper mode adds to both). activation_addition: beta is Shabalin et al.'s "
+                "strength (e.g. 0.8): beta x mean token norm x the unit concept direction, added inside the mask.")
 
 
 def window_inputs(start: float, end: float):

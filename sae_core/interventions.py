@@ -80,3 +80,17 @@ def sdlens_paint(sae: TopKSAE, latent_mean: torch.Tensor, concept_ids, region: t
     ids = _ids(sae, concept_ids)
     direction = (latent_mean[ids].to(sae.W_dec.dtype)[:, None] * sae.W_dec[ids]).sum(0) * sae.input_scale
     return region.to(sae.W_dec.dtype).reshape(-1, 1) * strength * direction
+
+
+def activation_addition(sae: TopKSAE, acts: torch.Tensor, concept_ids, region: torch.Tensor, strength: float,
+                        centre: bool = False) -> torch.Tensor:
+    """Shabalin et al.'s steering: region * strength * mean_p ||acts_p|| * u, where u is the unit
+    sum of the concepts' decoder directions (mean-centred first when `centre`: a LayerNorm without
+    affine after the block removes the all-ones component). acts [P, d] are what the SAE reads."""
+    ids = _ids(sae, concept_ids)
+    direction = sae.W_dec[ids].sum(0).to(acts.dtype)
+    if centre:
+        direction = direction - direction.mean()
+    unit = direction / direction.norm().clamp_min(torch.finfo(direction.dtype).tiny)
+    scale = acts.norm(dim=1).mean()
+    return region.to(acts.dtype).reshape(-1, 1) * (strength * scale) * unit

@@ -21,12 +21,15 @@ class SAEInfo:
     block_diffusers: str = ""      # e.g. "down_blocks.2.attentions.1"
     t: float | None = None
     cond: str = "both"             # "cond", "uncond" or "both"
+    quantity: str = "delta"        # what the SAE reads: "delta" (output - input) or "output" (the block's output)
     source_format: str = "sae_concepts"
     training: dict = field(default_factory=dict)  # vectors_seen, fvu, l0, dead_fraction, ...
 
     def __post_init__(self) -> None:
         if self.cond not in CONDITIONS:
             raise ValueError(f"cond must be one of {CONDITIONS}, got {self.cond!r}")
+        if self.quantity not in ("delta", "output"):
+            raise ValueError(f"quantity must be 'delta' or 'output', got {self.quantity!r}")
         if self.t is not None and not 0.0 <= float(self.t) <= 1.0:
             raise ValueError(f"t must be in [0, 1] (1.0 = first reverse step), got {self.t}")
         family = FAMILIES.get(self.model_family)

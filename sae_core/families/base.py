@@ -45,6 +45,9 @@ class ModelFamily:
     block_width: int | None = None             # every block's width where it is one number
     tokens_per_latent_pixel: int = 1           # patch size: 2 for Flux (a token covers 2x2 latent pixels)
     image_tokens_only: bool = False            # DiT: the stream also holds text (and reference) tokens
+    # Every later norm is a LayerNorm without affine (Flux): a direction's component along the
+    # all-ones vector is removed by it, so steering directions are mean-centred.
+    centre_directions: bool = False
 
     def canonical_block(self, name: str) -> str:
         """A block name as this family writes it (ComfyUI path), from a ComfyUI path or a diffusers

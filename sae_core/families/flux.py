@@ -39,5 +39,5 @@ FAMILY = ModelFamily(
     default_blocks=DEFAULT_BLOCKS, parse_block=_parse, alias_of=_alias,
     blocks_help="Flux blocks are double_blocks.<i> (diffusers transformer_blocks.<i>, Flux.1: 0-18) "
                 "and single_blocks.<i> (single_transformer_blocks.<i>, Flux.1: 0-37)",
-    tokens_per_latent_pixel=2, image_tokens_only=True,
+    tokens_per_latent_pixel=2, image_tokens_only=True, centre_directions=True,
 )

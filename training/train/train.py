@@ -159,7 +159,7 @@ def train_saes(cmd: TrainCommandConfig, train: TrainConfig, progress: bool = Tru
         diffusers = next((sh.get("blocks_diffusers", {}).get(block, "") for sh in shards.shards
                           if sh.get("blocks_diffusers")), "")
         info = SAEInfo(model_family=shards.config.get("model_family", "sd1"), block=block, block_diffusers=diffusers,
-                       t=t, cond=cond, training=trainer.summary())
+                       t=t, cond=cond, quantity=shards.config.get("quantity", "delta"), training=trainer.summary())
         entries.append(SAEEntry(sae.cpu().eval(), info))
         if rank == 0:  # the set grows as SAEs finish, so a killed run keeps what it finished
             save_sae_set(out, entries)
