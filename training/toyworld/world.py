@@ -27,6 +27,7 @@ PATTERN_PERIOD = 6          # px, stripes / checks / dots repeat every 6 px
 SIZE_RANGE = (12, 20)       # px, side of an object's bounding box
 MIN_GAP = 3                 # px between two objects' bounding boxes
 MAX_OBJECTS = 2
+MAX_ATTEMPTS = 1000          # placements tried for one object before the scene starts over
 
 # Prompt vocabulary. Word order carries the binding: a colour word belongs to the shape after it.
 PAD = "<pad>"
@@ -87,7 +88,13 @@ def sample_scene(rng: np.random.Generator, n_objects: int | None = None, style: 
     style = STYLES[int(rng.integers(len(STYLES)))] if style is None else style
     colours, shapes = list(COLOURS), list(SHAPES)
     objects: list[ToyObject] = []
+    attempts = 0
     while len(objects) < n:
+        attempts += 1
+        if attempts > MAX_ATTEMPTS:
+            # A large first object near the centre leaves no room for a second one: the loop
+            # would never end. Start the scene's objects over (rare, so earlier draws keep).
+            objects, attempts = [], 0
         size = int(rng.integers(SIZE_RANGE[0], SIZE_RANGE[1] + 1))
         top = int(rng.integers(0, IMAGE_SIZE - size + 1))
         left = int(rng.integers(0, IMAGE_SIZE - size + 1))
