@@ -1,11 +1,14 @@
 """LoadSAE: an SAE or SAE set from models/sae, in the native format or SDLens / sparsify / SAELens."""
 from __future__ import annotations
 
+import os
+
 import folder_paths
 from comfy_api.latest import io
 
 from ..sae_core import SD1_BLOCKS, SAEInfo, load_sae
 from ..sae_core.concept_dictionary import ConceptDictionary
+from ..sae_core.errors import ConfigError, SAEConceptsError
 from .model_folders import dictionary_files, sae_files
 from .sae_type import CATEGORY, SAE, node_id
 
@@ -16,6 +19,36 @@ SDXL_BLOCKS = ["down_blocks.1.attentions.0", "down_blocks.1.attentions.1", "down
                "up_blocks.0.attentions.1", "up_blocks.0.attentions.2", "up_blocks.1.attentions.0",
                "up_blocks.1.attentions.1", "up_blocks.1.attentions.2"]
 FOREIGN_BLOCKS = [f"sd1 {d}" for d, _ in SD1_BLOCKS.values()] + [f"sdxl {d}" for d in SDXL_BLOCKS]
+
+
+_LOADED: dict = {}   # (files, mtimes, block choice) -> SAESet: validation loads, execute reuses
+_KEEP = 4
+
+
+def load_checked(sae_name: str, dictionary: str, block_for_foreign: str):
+    """The SAE set with its dictionary, every check done; raises SAEConceptsError for user errors."""
+    path = folder_paths.get_full_path_or_raise("sae", sae_name)
+    dict_path = folder_paths.get_full_path_or_raise("sae_dictionaries", dictionary) if dictionary != "none" else None
+    key = tuple((f, os.path.getmtime(f)) for f in (path, dict_path) if f) + (block_for_foreign,)
+    if key in _LOADED:
+        return _LOADED[key]
+    info = None
+    if block_for_foreign != FROM_FILE:
+        family, diffusers = block_for_foreign.split(" ", 1)
+        info = SAEInfo(model_family=family, block_diffusers=diffusers, cond="both")
+    sae_set = load_sae(path, info=info)
+    for e in sae_set:
+        if not (e.info.block or e.info.block_diffusers):
+            raise ConfigError(f"{sae_name} ({e.info.source_format}) names no block, neither in its config nor in "
+                              f"its folder names; choose it in block_for_foreign, one of: {', '.join(FOREIGN_BLOCKS)}")
+    if dict_path is not None:
+        concepts = ConceptDictionary.load(dict_path)
+        concepts.check_built_from(sae_set)   # a dictionary of other weights would name other concepts
+        sae_set.dictionary = concepts
+    while len(_LOADED) >= _KEEP:
+        _LOADED.pop(next(iter(_LOADED)))
+    _LOADED[key] = sae_set
+    return sae_set
 
 
 class LoadSAE(io.ComfyNode):
@@ -47,35 +80,25 @@ class LoadSAE(io.ComfyNode):
 
     @classmethod
     def execute(cls, sae_name, dictionary, block_for_foreign) -> io.NodeOutput:
-        path = folder_paths.get_full_path_or_raise("sae", sae_name)
-        info = None
-        if block_for_foreign != FROM_FILE:
-            family, diffusers = block_for_foreign.split(" ", 1)
-            info = SAEInfo(model_family=family, block_diffusers=diffusers, cond="both")
-        sae_set = load_sae(path, info=info)
-        for e in sae_set:
-            if not (e.info.block or e.info.block_diffusers):
-                raise ValueError(f"Load SAE: {sae_name} ({e.info.source_format}) names no block, neither in its "
-                                 f"config nor in its folder names; choose it in block_for_foreign, one of: "
-                                 f"{', '.join(FOREIGN_BLOCKS)}")
-        if dictionary != "none":
-            concepts = ConceptDictionary.load(folder_paths.get_full_path_or_raise("sae_dictionaries", dictionary))
-            concepts.check_built_from(sae_set)   # a dictionary of other weights would name other concepts
-            sae_set.dictionary = concepts
-        return io.NodeOutput(sae_set)
+        return io.NodeOutput(load_checked(sae_name, dictionary, block_for_foreign))
 
     @classmethod
-    def validate_inputs(cls, sae_name):
-        """Runs when a prompt is queued, so a workflow whose SAE file is missing is refused up front
-        with the folders searched (a missing dictionary is caught by the combo check)."""
+    def validate_inputs(cls, sae_name, dictionary="none", block_for_foreign=FROM_FILE):
+        """Runs when a prompt is queued: a missing, unreadable or unusable SAE file, a file that
+        names no block, or a dictionary of other weights is refused on the node before anything
+        runs (every user error of the core is an SAEConceptsError). The loaded set is kept for
+        execute."""
         if folder_paths.get_full_path("sae", sae_name) is None:
             return (f"Load SAE: SAE file {sae_name!r} not found in models/sae "
                     f"({', '.join(folder_paths.get_folder_paths('sae'))})")
+        try:
+            load_checked(sae_name, dictionary, block_for_foreign)
+        except SAEConceptsError as e:
+            return f"Load SAE: {e}"
         return True
 
     @classmethod
     def fingerprint_inputs(cls, sae_name, dictionary, block_for_foreign):
-        import os
         files = [folder_paths.get_full_path("sae", sae_name)]
         if dictionary != "none":
             files.append(folder_paths.get_full_path("sae_dictionaries", dictionary))

@@ -287,7 +287,10 @@ def registered(comfy, tmp_path_factory):
 
 
 def test_plugin_registers_prefixed_nodes_and_every_input_has_a_tooltip(registered):
-    for node_id in OUR_NODES:
+    from sae_concepts.nodes import NODES
+    ids = [cls.GET_SCHEMA().node_id for cls in NODES]
+    assert set(OUR_NODES) <= set(ids) and all(i.startswith("SAEConcepts_") for i in ids), ids
+    for node_id in ids:
         info = registered[node_id].GET_NODE_INFO_V1()
         assert info["name"] == node_id and info["category"] == "sae_concepts"
         assert not info["display_name"].startswith("SAEConcepts"), "display names stay readable"
@@ -438,7 +441,13 @@ def test_load_sae_refuses_a_foreign_file_without_a_block_listing_the_valid_ones(
     folder_paths.add_model_folder_path("sae", str(tmp_path))
     load = registered["SAEConcepts_LoadSAE"]
     with pytest.raises(ValueError, match=r"names no block.*one of: sd1 down_blocks.0.attentions.0, .*sdxl "
-                                         r"up_blocks.0.attentions.1"):
+                                         r"up_blocks.0.attentions.1") as err:
         load.execute("my_sdlens/state_dict.pth", "none", "from file")
+    # The plugin is loaded as ComfyUI loads it (its own module copy): compare the class by name.
+    assert "SAEConceptsError" in [c.__name__ for c in type(err.value).__mro__]
+    # ... and when the prompt is queued, as a validation error on the node.
+    msg = load.validate_inputs("my_sdlens/state_dict.pth", "none", "from file")
+    assert isinstance(msg, str) and msg.startswith("Load SAE: ") and "names no block" in msg
+    assert load.validate_inputs("my_sdlens/state_dict.pth", "none", "sdxl up_blocks.0.attentions.1") is True
     loaded = out(load.execute("my_sdlens/state_dict.pth", "none", "sdxl up_blocks.0.attentions.1"))[0]
     assert loaded.entries[0].info.block == "output_blocks.1.1"

@@ -178,6 +178,11 @@ def test_validation_errors_name_our_node_and_server_keeps_serving(server):
     assert status in (200, 400) and steer_id in body["node_errors"], body
     assert body["node_errors"][steer_id]["class_type"] == "SAEConcepts_SpatialConceptSteer"
     assert "mask" in json.dumps(body["node_errors"][steer_id])
+    typo = json.loads(json.dumps(api))
+    typo[steer_id]["inputs"]["concept"] = "dgo"
+    status, body = post(server["url"] + "/prompt", {"prompt": typo})
+    assert status in (200, 400) and steer_id in body["node_errors"], body
+    assert "nearest labels: dog" in json.dumps(body["node_errors"][steer_id]), body["node_errors"][steer_id]
     assert get(server["url"] + "/object_info/SAEConcepts_LoadSAE")["SAEConcepts_LoadSAE"]["name"] == "SAEConcepts_LoadSAE"
     hist = run(server, api)
     assert hist["status"]["status_str"] == "success"
