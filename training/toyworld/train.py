@@ -113,7 +113,7 @@ class ToyTrainer:
             for k, v in self.modules.state_dict().items():
                 self.ema[k].mul_(d).add_(v.detach(), alpha=1 - d) if v.is_floating_point() else self.ema[k].copy_(v)
         self.step += 1
-        return float(loss)
+        return float(loss.detach())
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
@@ -171,8 +171,9 @@ def export_weights(ckpt: Path, out: Path, dtype=torch.float16) -> Path:
 
 
 def train(cfg: ToyTrainConfig, model_cfg: ToyModelConfig | None = None, progress: bool = True,
-          stop_after: int | None = None) -> ToyTrainer:
-    """Run (or resume) training to cfg.steps; `stop_after` ends this session early (tests)."""
+          stop_after: int | None = None, stop_at: int | None = None) -> ToyTrainer:
+    """Run (or resume) training to cfg.steps. `stop_after` ends this session after that many more
+    steps (tests); `stop_at` ends the run at that step (the lr schedule still spans cfg.steps)."""
     from tqdm import tqdm
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
@@ -181,7 +182,9 @@ def train(cfg: ToyTrainConfig, model_cfg: ToyModelConfig | None = None, progress
     ckpt = out / CHECKPOINT
     if ckpt.exists():
         trainer.load_checkpoint(ckpt)
-    last = cfg.steps if stop_after is None else min(cfg.steps, trainer.step + stop_after)
+    last = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
+    if stop_after is not None:
+        last = min(last, trainer.step + stop_after)
     log = open(out / "train_log.jsonl", "a", encoding="utf-8")
     bar = tqdm(total=cfg.steps, initial=trainer.step, disable=not progress, desc="toyworld train")
     running = None
