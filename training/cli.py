@@ -33,8 +33,9 @@ def cmd_collect(a) -> int:
     from .dataclass_cli import dataclass_from_args
     from .storage.prompts import read_prompts
     cfg = dataclass_from_args(CollectConfig, a)
-    if not cfg.checkpoint or not cfg.prompts:
-        raise ConfigError("collect needs --checkpoint and --prompts")
+    if not (cfg.checkpoint or cfg.diffusion_model) or not cfg.prompts:
+        raise ConfigError("collect needs --checkpoint and --prompts (or --diffusion-model with --text-encoders "
+                          "instead of --checkpoint)")
     check_collect_config(cfg)   # bad options and prompt files are refused before ComfyUI is imported
     read_prompts(cfg.prompts)
     local = os.environ.get("LOCAL_RANK")

@@ -133,6 +133,11 @@ def check_collect_config(cfg: CollectConfig) -> None:
     require(cfg.width % 8 == 0 and cfg.height % 8 == 0,
             f"--width and --height must be multiples of 8, got {cfg.width}x{cfg.height}")
     parse_timesteps(cfg.timesteps)
+    require(cfg.quantity in ("delta", "output"), f"--quantity must be delta or output, got {cfg.quantity!r}")
+    require(bool(cfg.checkpoint) != bool(cfg.diffusion_model) or not (cfg.checkpoint or cfg.diffusion_model),
+            "give either --checkpoint or --diffusion-model (with --text-encoders), not both")
+    require(not (cfg.text_encoders or cfg.vae) or bool(cfg.diffusion_model),
+            "--text-encoders and --vae go with --diffusion-model (a --checkpoint file holds its own)")
 
 
 def collect(cfg: CollectConfig, model=None, clip=None, vae=None, prompts: list[str] | None = None,
@@ -144,7 +149,7 @@ def collect(cfg: CollectConfig, model=None, clip=None, vae=None, prompts: list[s
                                ("--scheduler", cfg.scheduler, comfy.samplers.KSampler.SCHEDULERS)):
         require(value in known, f"{name} {value!r} is not one of ComfyUI's: {', '.join(known)}")
     import comfy.sample
-    from ...host.block_patch import QUANTITIES, TimestepRecorder, patch_block
+    from ...host.block_patch import TimestepRecorder, patch_block
     from ...host.loaders import check_family
     from ...host.model_blocks import diffusers_to_comfy, resolve_block, transformer_blocks
 
@@ -154,10 +159,6 @@ def collect(cfg: CollectConfig, model=None, clip=None, vae=None, prompts: list[s
     if model is None:
         model, clip, vae = load_models(cfg)
     family = check_family(model, cfg.checkpoint or cfg.diffusion_model or "the model")
-    if cfg.quantity not in QUANTITIES:
-        raise CollectError(f"--quantity must be one of {QUANTITIES}, got {cfg.quantity!r}")
-    if cfg.width % 8 or cfg.height % 8:
-        raise CollectError(f"width and height must be multiples of 8, got {cfg.width}x{cfg.height}")
     names = [b for b in cfg.blocks.split(",") if b.strip()] or list(family.default_blocks)
     try:
         blocks = [resolve_block(model, b) for b in names]
