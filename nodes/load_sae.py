@@ -91,6 +91,11 @@ class LoadSAE(io.ComfyNode):
         if folder_paths.get_full_path("sae", sae_name) is None:
             return (f"Load SAE: SAE file {sae_name!r} not found in models/sae "
                     f"({', '.join(folder_paths.get_folder_paths('sae'))})")
+        # Taking these inputs here turns off ComfyUI's own option checks for them: do them.
+        if dictionary != "none" and folder_paths.get_full_path("sae_dictionaries", dictionary) is None:
+            return f"Load SAE: concept dictionary {dictionary!r} not found in models/sae"
+        if block_for_foreign not in [FROM_FILE] + FOREIGN_BLOCKS:
+            return f"Load SAE: block_for_foreign {block_for_foreign!r} is not one of {[FROM_FILE] + FOREIGN_BLOCKS}"
         try:
             load_checked(sae_name, dictionary, block_for_foreign)
         except SAEConceptsError as e:

@@ -449,5 +449,7 @@ def test_load_sae_refuses_a_foreign_file_without_a_block_listing_the_valid_ones(
     msg = load.validate_inputs("my_sdlens/state_dict.pth", "none", "from file")
     assert isinstance(msg, str) and msg.startswith("Load SAE: ") and "names no block" in msg
     assert load.validate_inputs("my_sdlens/state_dict.pth", "none", "sdxl up_blocks.0.attentions.1") is True
+    assert "not found" in load.validate_inputs("my_sdlens/state_dict.pth", "gone.json", "from file")
+    assert "is not one of" in load.validate_inputs("my_sdlens/state_dict.pth", "none", "sd3 joint_blocks.0")
     loaded = out(load.execute("my_sdlens/state_dict.pth", "none", "sdxl up_blocks.0.attentions.1"))[0]
     assert loaded.entries[0].info.block == "output_blocks.1.1"
