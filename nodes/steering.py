@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ..sae_core import SAESet
 from ..sae_core.errors import ConfigError, finite
-from ..sae_core.interventions import activation_addition, global_steer, sdlens_paint, spatial_steer
+from ..sae_core.interventions import NORMALISATIONS, activation_addition, global_steer, sdlens_paint, spatial_steer
 from ..sae_core.sae_set import select_entry
 from ..host.block_patch import BlockCall, StepClock, TimestepWindow, patch_block
 from ..host.model_blocks import entry_block, resolve_block, transformer_blocks
@@ -69,7 +69,7 @@ class ConceptSteerEdit:
 
     def __init__(self, model, block: str, entries: list, sae_set: SAESet, concept: str, kind: str, beta: float,
                  start_percent: float, end_percent: float, rows: str, mask: torch.Tensor | None = None,
-                 mode: str = "paper"):
+                 mode: str = "paper", normalisation: str = "sum"):
         finite("beta", beta)   # NaN / inf would turn every steered activation into NaN mid-sampling
         if rows not in ROWS:
             raise ConfigError(f"rows must be one of {ROWS}, got {rows!r}")
@@ -77,6 +77,9 @@ class ConceptSteerEdit:
             raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
         self.block, self.entries, self.dictionary = block, entries, sae_set.dictionary
         self.kind, self.beta, self.rows, self.mode = kind, beta, rows, mode
+        if normalisation not in NORMALISATIONS:
+            raise ConfigError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
+        self.normalisation = normalisation
         self.window = TimestepWindow(model, start_percent, end_percent)
         self.clock = StepClock(model)   # the family's rule for the paper's t of a call
         self.centre = self.clock.family.centre_directions
@@ -188,7 +191,7 @@ class ConceptSteerEdit:
                 elif self.kind == "spatial":
                     ch = spatial_steer(sae, rows_delta, ids, region, self.beta)
                 else:
-                    ch = global_steer(sae, rows_delta, ids, self.beta)
+                    ch = global_steer(sae, rows_delta, ids, self.beta, self.normalisation)
             if self.centre:   # LayerNorms without affine follow (Flux): the all-ones part does nothing
                 ch = ch - ch.mean(dim=1, keepdim=True)
             ch = ch.t().reshape(C, H, W)
@@ -198,12 +201,12 @@ class ConceptSteerEdit:
 
 
 def steer_model(model, sae_set: SAESet, block: str, concept: str, kind: str, beta: float, start_percent: float,
-                end_percent: float, rows: str, mask=None, mode: str = "paper"):
+                end_percent: float, rows: str, mask=None, mode: str = "paper", normalisation: str = "sum"):
     """Validate everything, then patch each block the steer applies to. Returns (model, edits)."""
     edits = {}
     for path, entries in sae_groups(model, sae_set, block).items():
         edits[path] = ConceptSteerEdit(model, path, entries, sae_set, concept, kind, beta, start_percent,
-                                       end_percent, rows, mask=mask, mode=mode)
+                                       end_percent, rows, mask=mask, mode=mode, normalisation=normalisation)
     for path, edit in edits.items():
         model = patch_block(model, path, edit, quantity=edit.quantity)
     attach_saes(model, [e.sae for edit in edits.values() for e in edit.entries])

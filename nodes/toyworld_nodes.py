@@ -23,14 +23,27 @@ from .sae_type import CATEGORY, node_id
 FOLDER = "toyworld"
 
 
-def register_folder() -> None:
-    """models/toyworld (user weights) plus the weights shipped inside the pack."""
-    paths = [os.path.join(folder_paths.models_dir, FOLDER), str(SHIPPED_WEIGHTS.parent)]
-    if FOLDER in folder_paths.folder_names_and_paths:
-        old, exts = folder_paths.folder_names_and_paths[FOLDER]
-        folder_paths.folder_names_and_paths[FOLDER] = (old + [p for p in paths if p not in old], set(exts) | {".safetensors"})
+# The shipped SAE set and concept dictionary of the toy model (listed by Load SAE beside models/sae).
+SHIPPED_SAE_DIR = SHIPPED_WEIGHTS.parent / "sae"
+
+
+def _add_paths(key: str, paths: list[str], exts: set[str]) -> None:
+    if key in folder_paths.folder_names_and_paths:
+        old, old_exts = folder_paths.folder_names_and_paths[key]
+        folder_paths.folder_names_and_paths[key] = (old + [p for p in paths if p not in old], set(old_exts) | exts)
     else:
-        folder_paths.folder_names_and_paths[FOLDER] = (paths, {".safetensors"})
+        folder_paths.folder_names_and_paths[key] = (list(paths), set(exts))
+
+
+def register_folder() -> None:
+    """models/toyworld (user weights) plus the weights shipped inside the pack; the shipped SAE
+    set and dictionary join the SAE folders."""
+    _add_paths(FOLDER, [os.path.join(folder_paths.models_dir, FOLDER), str(SHIPPED_WEIGHTS.parent)], {".safetensors"})
+    _add_paths("sae", [str(SHIPPED_SAE_DIR)], {".safetensors"})
+    _add_paths("sae_dictionaries", [str(SHIPPED_SAE_DIR)], {".json"})
+
+
+register_folder()   # at import, so Load SAE lists the shipped toy SAE from the first request on
 
 
 def toy_weight_files() -> list[str]:

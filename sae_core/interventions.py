@@ -50,12 +50,24 @@ def spatial_steer(sae: TopKSAE, delta: torch.Tensor, concept_ids, region: torch.
     return r * (beta * norm * f_sum) - (1 - r) * own
 
 
-def global_steer(sae: TopKSAE, delta: torch.Tensor, concept_ids, beta: float) -> torch.Tensor:
-    """Style: every position gets beta * ||z_ij|| / sum_ij ||z_ij|| * sum_c f_c."""
+# How the style steer spreads beta over positions (beta * ||z_ij|| / divisor): "sum" divides by
+# sum_ij ||z_ij|| (the paper as written: the total added is beta, so the change per position
+# shrinks with the grid), "mean" by the mean ||z|| (beta = the change at an average position,
+# whatever the grid size), "none" not at all (beta * ||z_ij||, as the spatial steer).
+NORMALISATIONS = ("sum", "mean", "none")
+
+
+def global_steer(sae: TopKSAE, delta: torch.Tensor, concept_ids, beta: float,
+                 normalisation: str = "sum") -> torch.Tensor:
+    """Style: every position gets beta * ||z_ij|| / divisor * sum_c f_c (see NORMALISATIONS)."""
+    if normalisation not in NORMALISATIONS:
+        raise ConfigError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
     ids = _ids(sae, concept_ids)
     values, _ = code_in_input_units(sae, delta)
     norm = values.norm(dim=1, keepdim=True)
-    weight = beta * norm / norm.sum().clamp_min(torch.finfo(norm.dtype).tiny)
+    tiny = torch.finfo(norm.dtype).tiny
+    divisor = {"sum": norm.sum(), "mean": norm.mean(), "none": torch.ones((), dtype=norm.dtype)}[normalisation]
+    weight = beta * norm / divisor.clamp_min(tiny)
     return weight * sae.concept_vectors(ids).sum(0)
 
 
