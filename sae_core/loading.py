@@ -6,6 +6,7 @@ from pathlib import Path
 from .blocks import canonical_block
 from .errors import SAEFileError
 from .foreign_formats import FOREIGN_LOADERS, detect_foreign
+from .itda import is_itda, load_itda
 from .native_format import is_native, load_native, read_safetensors
 from .sae_set import SAEInfo, SAESet
 
@@ -28,6 +29,8 @@ def load_sae(path, info: SAEInfo | None = None) -> SAESet:
         loader = detect_foreign(path.parent)
         if path.suffix == ".safetensors":
             meta, tensors = read_safetensors(path)
+            if is_itda(meta):
+                return load_itda(path, meta, tensors)
             if is_native(meta):
                 return load_native(path, meta, tensors)
             if loader is None:

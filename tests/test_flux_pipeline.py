@@ -84,9 +84,25 @@ def test_collect_train_dictionary_evaluate_on_flux(flux, tmp_path):
                                           masks=str(tmp_path / "masks"), out=str(tmp_path / "dict.json")),
                          progress=False)
     assert cid in d.for_sae("double_blocks.1", 1.0, "cond").lookup("dog")
+    # ITDA from the same shards, through the CLI; evaluate reports its FVU beside the SAE's at the SAE's L0.
+    from sae_concepts.training.cli import main
+    assert main(["itda", "--shards", str(tmp_path / "acts"), "--out", str(tmp_path / "itda.safetensors"),
+                 "--k", "4", "--threshold", "0.3", "--quiet"]) == 0
+    itda_set = load_sae(tmp_path / "itda.safetensors")
+    assert len(itda_set) == 4 and all(e.info.source_format == "itda" and e.info.model_family == "flux" for e in itda_set)
     rows_metrics = evaluate(EvaluateConfig(shards=str(tmp_path / "acts"), sae=str(tmp_path / "flux.safetensors"),
-                                           out=str(tmp_path / "metrics.json")))
+                                           out=str(tmp_path / "metrics.json"), itda=str(tmp_path / "itda.safetensors")))
     assert len(rows_metrics) == 4 and all(np.isfinite(r["fvu"]) and 0 <= r["fvu"] < 1.5 for r in rows_metrics)
+    for r in rows_metrics:   # every training vector was reconstructed under the threshold when it was seen
+        assert 0 <= r["itda_fvu"] < 1 and 0 < r["itda_l0"] <= 4 and r["itda_atoms"] > 0
+    # The ITDA set steers and maps where an SAE set does.
+    itda_steered = GlobalStyleSteer.execute(flux, itda_set, "0, 1", 50.0, "double_blocks.1", 0.0, 1.0, "cond",
+                                            mode="activation_addition").result[0]
+    from sae_concepts.nodes.concept_map_preview import ConceptMapPreview
+    image, _, text = ConceptMapPreview.execute(flux, itda_set, pos, pos, {"samples": torch.zeros(1, 16, 10, 12)}, 0, 4,
+                                               1.0, "euler", "simple", 0.0, "double_blocks.1", False, 3,
+                                               live_preview=False).result
+    assert image.shape == (1, 80, 96, 3) and "concept " in text
     # The trained set steers the model it came from, by word.
     sae_set.dictionary = ConceptDictionary.load(tmp_path / "dict.json")
     steered = GlobalStyleSteer.execute(flux, sae_set, "dog", 500.0, "double_blocks.1", 0.0, 1.0, "cond").result[0]
@@ -95,6 +111,9 @@ def test_collect_train_dictionary_evaluate_on_flux(flux, tmp_path):
     out = comfy.sample.sample(steered, noise, 4, 1.0, "euler", "simple", pos, pos, torch.zeros_like(noise),
                               disable_pbar=True, seed=0)
     assert not torch.allclose(out, base)
+    out_itda = comfy.sample.sample(itda_steered, noise, 4, 1.0, "euler", "simple", pos, pos, torch.zeros_like(noise),
+                                   disable_pbar=True, seed=0)
+    assert not torch.allclose(out_itda, base)
 
 
 def test_flux_collect_inputs_are_checked(comfy, tmp_path):

@@ -71,6 +71,18 @@ def cmd_train(a) -> int:
     return 0
 
 
+def cmd_itda(a) -> int:
+    from .dataclass_cli import dataclass_from_args
+    from .itda.itda import ItdaCommandConfig, build_itda_set
+    cmd = dataclass_from_args(ItdaCommandConfig, a)
+    if not cmd.shards:
+        raise ConfigError("itda needs --shards (a folder from `sae-concepts collect`)")
+    for e in build_itda_set(cmd, progress=not a.quiet):
+        print(f"{e.info.label()}: {e.sae.n_latents} atoms, {e.info.training['seconds']} s")
+    print(f"ITDA set: {cmd.out}")
+    return 0
+
+
 def cmd_dictionary(a) -> int:
     from .dataclass_cli import dataclass_from_args
     from .dictionary.dictionary import DictionaryConfig, build_dictionary
@@ -148,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_args(t, TrainConfig)
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
+    from .itda.itda import ItdaCommandConfig
+    it = sub.add_parser("itda", help="grow one ITDA dictionary (real activations as atoms) per (block, t, cond)")
+    add_dataclass_args(it, ItdaCommandConfig)
+    it.add_argument("--quiet", action="store_true", help="no progress bars")
+    it.set_defaults(func=cmd_itda)
     from .dictionary.dictionary import DictionaryConfig
     from .evaluate.evaluate import EvaluateConfig
     dc = sub.add_parser("dictionary", help="label concepts with the objects their activation maps cover")

@@ -33,6 +33,8 @@ class EvaluateConfig:
     score_threshold: float = field(default=0.5, metadata={"help": "cosine above which a position is predicted"})
     mask_size: int = field(default=128, metadata={"help": "resolution at which IoU is computed"})
     word_vectors: str = field(default="", metadata={"help": "word vectors file (default: GloVe 6B 50d)"})
+    itda: str = field(default="", metadata={"help": "ITDA set from `sae-concepts itda`: its FVU is reported "
+                                                    "beside each SAE's, encoded at the SAE's L0 (k)"})
 
 
 def reconstruction_metrics(sae, shards: ShardSet, key: str, chunk: int = 8192) -> dict:
@@ -58,6 +60,31 @@ def reconstruction_metrics(sae, shards: ShardSet, key: str, chunk: int = 8192) -
         raise ShardError(f"{shards.root}: the {n} activation(s) of {key} do not vary, so FVU is undefined; "
                          f"evaluate on a collection with more than one distinct vector per key")
     return {"vectors": n, "fvu": sum_err / total_var, "l0": l0 / n, "dead_fraction": 1 - fired.float().mean().item()}
+
+
+class _AtK:
+    """An ITDA dictionary encoding with a given number of pursuit steps (the SAE's k: equal L0)."""
+
+    def __init__(self, itda, k: int):
+        self.itda, self.k, self.n_latents = itda, k, itda.n_latents
+
+    def encode(self, x):
+        return self.itda.encode(x, self.k)
+
+    def decode(self, code):
+        return self.itda.decode(code)
+
+
+def itda_metrics(itda_set, sae_entry, shards: ShardSet, key: str) -> dict:
+    """FVU / L0 of the ITDA dictionary of the SAE's (block, t, cond), at the SAE's k; {} if none."""
+    at_block = [x for x in itda_set if x.info.block == sae_entry.info.block and x.info.t == sae_entry.info.t
+                and x.info.cond == sae_entry.info.cond]
+    if not at_block:
+        return {}
+    itda = at_block[0]
+    m = reconstruction_metrics(_AtK(itda.sae, sae_entry.sae.k), shards, key)
+    return {"itda_fvu": m["fvu"], "itda_l0": m["l0"], "itda_atoms": itda.sae.n_latents,
+            "itda_seconds": itda.info.training.get("seconds")}
 
 
 def dictionary_quality(emb: dict[int, np.ndarray], labels: dict[int, list[str]], kv) -> dict:
@@ -151,6 +178,7 @@ def evaluate(cfg: EvaluateConfig) -> list[dict]:
     if cfg.masks:
         masks = mask_coverage(cfg.masks, [pid for s in shards.shards for pid in s.get("prompt_ids", [])])
     kv = load_word_vectors(cfg.word_vectors)
+    itda_set = load_sae(cfg.itda) if cfg.itda else None
     rows = []
     for e in sae_set:
         key = activation_key(e.info.block, e.info.t if e.info.t is not None else 1.0, e.info.cond)
@@ -159,6 +187,8 @@ def evaluate(cfg: EvaluateConfig) -> list[dict]:
         shards.require_width(key, e, cfg.sae)
         row = {"block": e.info.block, "block_diffusers": e.info.block_diffusers, "t": e.info.t,
                "cond": e.info.cond, **reconstruction_metrics(e.sae, shards, key)}
+        if itda_set is not None:
+            row.update(itda_metrics(itda_set, e, shards, key))
         concepts = dictionary.for_sae(e.info.block, e.info.t, e.info.cond) if dictionary else None
         if concepts is not None:
             emb = concept_embeddings(concepts, kv)

@@ -1,0 +1,1 @@
+"""`sae-concepts itda`: ITDA dictionaries from the same shards as `train`."""
