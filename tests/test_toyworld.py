@@ -113,3 +113,17 @@ def test_shipped_model_passes_a_reduced_quality_bar(comfy, tmp_path):
                     "`sae-concepts toyworld train` (see training/toyworld/MODEL_CARD.md)")
     s = evaluate_model(ToyEvalConfig(prompts=32, batch_size=32, out=str(tmp_path / "q.json")), progress=False)["summary"]
     assert s["colour_shape"] >= 0.8 and s["style"] >= 0.8 and s["count"] >= 0.8, s
+
+
+def test_ground_truth_scene_for_a_prompt():
+    from sae_concepts.training.toyworld.world import scene_from_prompt
+    rng = np.random.default_rng(3)
+    for prompt in ["red circle on dotted background", "blue square and yellow triangle on checkered background"]:
+        scene = scene_from_prompt(prompt, rng)
+        assert scene.prompt == prompt
+        r = render(scene)
+        d = detect(r.image)
+        truth = dict(zip(r.labels, r.masks))
+        assert sorted(o.label for o in d.objects) == sorted(truth)
+        for o in d.objects:
+            assert np.array_equal(o.mask, truth[o.label]), o.label

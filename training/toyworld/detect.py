@@ -22,7 +22,7 @@ _PALETTE_NAMES = list(COLOURS)
 _PALETTE = np.array([COLOURS[c] for c in _PALETTE_NAMES], dtype=np.float32)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DetectedObject:
     colour: str
     shape: str
@@ -30,6 +30,11 @@ class DetectedObject:
     centre: tuple[float, float]        # (row, col) centre of mass, px
     bbox: tuple[int, int, int, int]    # top, left, bottom, right (exclusive)
     fill: float                        # area / bbox area
+    mask: np.ndarray                   # [H, W] bool: the component's pixels
+
+    @property
+    def label(self) -> str:
+        return f"{self.colour} {self.shape}"
 
 
 @dataclass(frozen=True)
@@ -110,7 +115,7 @@ def detect(image) -> Detection:
             shape, fill = classify_shape(comp)
             objects.append(DetectedObject(colour, shape, area, (float(rows.mean()), float(cols.mean())),
                                           (int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1),
-                                          fill))
+                                          fill, comp))
             kept |= comp
     exclude = ndimage.binary_dilation(saturated, iterations=2)
     objects.sort(key=lambda o: -o.area)

@@ -109,6 +109,30 @@ def sample_scene(rng: np.random.Generator, n_objects: int | None = None, style: 
     return Scene(tuple(objects), style, name_style)
 
 
+def scene_from_prompt(prompt: str, rng: np.random.Generator) -> Scene:
+    """A ground-truth scene for a prompt: its objects and style, sizes and free positions drawn
+    from rng (an unnamed style is drawn too). Render it with `render`."""
+    wanted, style = parse_prompt(prompt)
+    if not 1 <= len(wanted) <= MAX_OBJECTS:
+        raise ValueError(f"toy prompt {prompt!r} names {len(wanted)} objects; expected 1..{MAX_OBJECTS}")
+    named = style is not None
+    style = style or STYLES[int(rng.integers(len(STYLES)))]
+    objects: list[ToyObject] = []
+    attempts = 0
+    while len(objects) < len(wanted):
+        attempts += 1
+        if attempts > MAX_ATTEMPTS:
+            objects, attempts = [], 0
+        size = int(rng.integers(SIZE_RANGE[0], SIZE_RANGE[1] + 1))
+        top = int(rng.integers(0, IMAGE_SIZE - size + 1))
+        left = int(rng.integers(0, IMAGE_SIZE - size + 1))
+        if any(_too_close(top, left, size, o) for o in objects):
+            continue
+        colour, shape = wanted[len(objects)]
+        objects.append(ToyObject(colour, shape, size, top, left))
+    return Scene(tuple(objects), style, named)
+
+
 def _too_close(top, left, size, o: ToyObject) -> bool:
     return not (top + size + MIN_GAP <= o.top or o.top + o.size + MIN_GAP <= top
                 or left + size + MIN_GAP <= o.left or o.left + o.size + MIN_GAP <= left)
