@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from .cpu_threads import thread_stable_sum
+
 
 @torch.no_grad()
 def geometric_median(points: torch.Tensor, max_iter: int = 100, tol: float = 1e-6) -> torch.Tensor:
@@ -14,7 +16,7 @@ def geometric_median(points: torch.Tensor, max_iter: int = 100, tol: float = 1e-
     for _ in range(max_iter):
         dist = (pts - median).norm(dim=1).clamp_min(1e-12)
         w = 1.0 / dist
-        new = (w[:, None] * pts).sum(0) / w.sum()
+        new = (w[:, None] * pts).sum(0) / thread_stable_sum(w)   # same at any thread count
         shift = (new - median).norm()
         median = new
         if shift <= tol * (median.norm() + tol):

@@ -14,6 +14,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .atomic import atomic_path
+from .canonical_safetensors import canonicalise_header
 from .config import SaeConfig
 from .errors import SAEFileError
 from .sae import TopKSAE
@@ -45,6 +46,7 @@ def save_sae_set(path, entries: SAESet | list[SAEEntry]) -> None:
     meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "saes": json.dumps(described)}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
+        canonicalise_header(tmp)   # the same SAEs give the same bytes
 
 
 def read_safetensors(path) -> tuple[dict, dict[str, torch.Tensor]]:

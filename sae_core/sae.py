@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from .config import SaeConfig
+from .cpu_threads import thread_stable_sum
 from .sparse_ops import sparse_decode, sparse_decode_nonzero, topk_encode
 
 
@@ -100,15 +101,17 @@ class TopKSAE(nn.Module):
         values = values.relu()
         xn_hat = sparse_decode(values, indices, self.W_dec) + self.b_pre
         residual = xn - xn_hat
-        total_var = (xn - xn.mean(0)).pow(2).sum().clamp_min(1e-12)
-        fvu = residual.pow(2).sum() / total_var
+        # Full sums through thread_stable_sum: a plain .sum() of this size rounds differently
+        # at another intra-op thread count, and the weights would drift with it (cpu_threads.py).
+        total_var = thread_stable_sum((xn - xn.mean(0)).pow(2)).clamp_min(1e-12)
+        fvu = thread_stable_sum(residual.pow(2)) / total_var
         if aux_indices.shape[1] > 0:
             # The dead latents learn to explain what the live ones could not. ReLU as in
             # Gao et al. and sparsify: only dead latents that would fire get pushed; without
             # it (tried) negative ones are pushed further down and fewer come back.
             e = residual.detach()
             e_hat = sparse_decode_nonzero(aux_values.relu(), aux_indices, self.W_dec)
-            auxk = (e_hat - e).pow(2).sum() / (e - e.mean(0)).pow(2).sum().clamp_min(1e-12)
+            auxk = thread_stable_sum((e_hat - e).pow(2)) / thread_stable_sum((e - e.mean(0)).pow(2)).clamp_min(1e-12)
         else:
             auxk = xn.new_zeros(())
         return ForwardOutput(xn_hat * self.input_scale, SparseCode(values, indices), fvu, auxk)

@@ -1,6 +1,7 @@
 """Train a TopK SAE from any iterator of [N, d] activation batches, resumably."""
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -14,6 +15,7 @@ from safetensors.torch import save_file
 
 from .atomic import atomic_path, write_text_atomic
 from .config import SaeConfig
+from .cpu_threads import intra_op_threads, step_threads, thread_stable_sum
 from .errors import SAEConceptsError
 from .geometric_median import geometric_median
 from .sae import TopKSAE
@@ -110,7 +112,7 @@ class Trainer:
     def _initialise(self, x: torch.Tensor) -> None:
         sample = x[: self.cfg.init_sample].float()
         if self.cfg.normalise_input:
-            scale = sample.pow(2).sum(1).mean().div(self.sae_cfg.d_in).sqrt()
+            scale = thread_stable_sum(sample.pow(2)).div(sample.shape[0] * self.sae_cfg.d_in).sqrt()
             self.sae.input_scale.fill_(float(scale) if scale > 0 else 1.0)
         self.sae.b_pre.copy_(geometric_median(sample / self.sae.input_scale.cpu().float()).to(self.device))
         if _world() > 1:  # every rank starts from rank 0's initialisation
@@ -181,23 +183,30 @@ class Trainer:
             from tqdm.auto import tqdm
             bar = tqdm(total=self.cfg.max_steps or self.expected_steps, initial=self.step, desc="train SAE", unit="step")
         window: list[dict] = []
+        # The first batch's size decides the CPU threads of every step (cpu_threads.py: small
+        # steps on one thread, so a busy neighbour core cannot stall each op's barrier).
+        first = next(it, None)
+        it = itertools.chain([first] if first is not None else [], it)
+        threads = step_threads(0 if first is None else first.shape[0], self.sae_cfg.d_in,
+                               self.sae_cfg.n_latents, self.device)
         try:
-            for x in it:
-                if self.cfg.max_steps and self.step >= self.cfg.max_steps:
-                    break
-                window.append(self.train_step(x))
-                if bar is not None:
-                    bar.update(1)
-                if self.step % self.cfg.log_every == 0:
-                    entry = self._log(window)
-                    window = []
+            with intra_op_threads(threads):
+                for x in it:
+                    if self.cfg.max_steps and self.step >= self.cfg.max_steps:
+                        break
+                    window.append(self.train_step(x))
                     if bar is not None:
-                        bar.set_postfix(fvu=f"{entry['fvu']:.3f}", l0=f"{entry['l0']:.1f}",
-                                        dead=f"{entry['dead_fraction']:.2f}")
-                    if on_log:
-                        on_log(entry)
-                if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
-                    self.save_checkpoint()
+                        bar.update(1)
+                    if self.step % self.cfg.log_every == 0:
+                        entry = self._log(window)
+                        window = []
+                        if bar is not None:
+                            bar.set_postfix(fvu=f"{entry['fvu']:.3f}", l0=f"{entry['l0']:.1f}",
+                                            dead=f"{entry['dead_fraction']:.2f}")
+                        if on_log:
+                            on_log(entry)
+                    if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
+                        self.save_checkpoint()
         finally:
             if bar is not None:
                 bar.close()

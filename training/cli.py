@@ -14,7 +14,8 @@ def cmd_demo(a) -> int:
     from .evaluate.evaluate import format_table
     if a.epochs <= 0:
         raise ConfigError(f"--epochs must be positive, got {a.epochs}")
-    summary = run_demo(Path(a.out), epochs=a.epochs, comfyui=a.comfyui, progress=not a.quiet)
+    summary = run_demo(Path(a.out), epochs=a.epochs, comfyui=a.comfyui, progress=not a.quiet,
+                       keep_activations=a.keep_activations, world=a.world)
     print("SYNTHETIC DEMO: planted concepts laid out in space, not a diffusion model (see README)")
     print(format_table(summary["metrics"]))
     print(format_truth(summary["truth"]))
@@ -140,11 +141,18 @@ def cmd_info(a) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sae-concepts", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="train SAEs on built-in synthetic activations with planted concepts")
+    from .demo.demo import DEFAULT_EPOCHS, WORLDS
+    d = sub.add_parser("demo", help="the whole pipeline on a built-in world with known answers, checked against them",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d.add_argument("--out", default="sae_concepts_demo", help="output folder (resumes if it exists)")
-    d.add_argument("--epochs", type=int, default=8, help="training passes over the synthetic train split")
-    d.add_argument("--comfyui", choices=["auto", "on", "off"], default="auto",
-                   help="also collect for real through ComfyUI on a random-weight SD1.5 (auto: if found)")
+    d.add_argument("--world", choices=WORLDS, default=WORLDS[0],
+                   help="synthetic: planted concepts laid out in space (activations, masks and labels known)")
+    d.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="training passes over the train split")
+    d.add_argument("--keep-activations", action="store_true",
+                   help="keep the train and held-out activations (~150 MB; by default removed once used)")
+    d.add_argument("--comfyui", choices=["auto", "on", "off"], default="off",
+                   help="also collect for real through ComfyUI on a random-weight SD1.5 checkpoint (writes "
+                        "~2 GiB once and takes minutes on a CPU; auto: if ComfyUI is found and importable)")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_demo)
     from ..sae_core import TrainConfig

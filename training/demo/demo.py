@@ -9,6 +9,7 @@ have no concepts to find).
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -16,6 +17,8 @@ import torch
 from ...sae_core import PAPER_BLOCKS, TrainConfig, load_sae
 from ...sae_core.atomic import write_text_atomic
 from ...sae_core.concept_dictionary import ConceptDictionary
+from ...sae_core.cpu_threads import intra_op_threads
+from ...sae_core.errors import ConfigError
 from ...sae_core.synthetic import recovered_fraction
 from ..collect.collect import save_png
 from ..dictionary.dictionary import DictionaryConfig, build_dictionary
@@ -80,22 +83,46 @@ def truth_checks(sae_path: Path, dictionary: ConceptDictionary) -> list[dict]:
     return rows
 
 
-def run_demo(out: Path, n_train: int = 200, epochs: int = 8, comfyui: str = "auto", progress: bool = True) -> dict:
+# The worlds the demo can run on. "synthetic": planted concepts laid out in space (this module).
+WORLDS = ("synthetic",)
+DEFAULT_EPOCHS = 3   # every planted concept is recovered after 2 (measured); 3 leaves a margin
+
+
+def run_demo(out: Path, n_train: int = 200, epochs: int = DEFAULT_EPOCHS, comfyui: str = "auto",
+             progress: bool = True, keep_activations: bool = False, world: str = "synthetic") -> dict:
+    """The whole pipeline on the synthetic world. Without keep_activations the train and held-out
+    activations (~150 MB, regenerated from their seed when needed) are removed once trained on
+    and labelled with; the eval split stays, so `evaluate` and `report` can be rerun on it."""
+    if world not in WORLDS:
+        raise ConfigError(f"--world: unknown world {world!r}; choose one of {', '.join(WORLDS)}")
+    # Every tensor here is small: intra-op threads would gain nothing and, with another process
+    # on a core, lose ~10x at their barriers (sae_core/cpu_threads.py). Results do not depend on it.
+    with intra_op_threads(1):
+        return _run_demo(out, n_train, epochs, comfyui, progress, keep_activations)
+
+
+def _run_demo(out: Path, n_train: int, epochs: int, comfyui: str, progress: bool, keep_activations: bool) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     data = out / "synthetic"
-    write_split(data, "train", n_train, 0, seed=1, with_pictures=False)
-    write_split(data, "heldout", 60, 100_000, seed=2, with_pictures=True)
-    write_split(data, "eval", 40, 200_000, seed=3, with_pictures=True)
     sae_path = out / "sae_set.safetensors"
-    # One planted concept per position, so k = 1 (k above the true sparsity splits concepts).
+    dict_path = out / "concept_dictionary.json"
+    write_split(data, "eval", 40, 200_000, seed=3, with_pictures=True)
+    write_split(data, "train", n_train, 0, seed=1, with_pictures=False)
+    # One planted concept per position, so k = 1 (k above the true sparsity splits concepts). The
+    # run folder lives outside the train split, so removing the split keeps the finished run.
     train_saes(TrainCommandConfig(shards=str(data / "train"), out=str(sae_path), expansion_factor=2, k=1,
-                                  batch_size=1024, shuffle_window=1 << 16, epochs=epochs),
+                                  batch_size=1024, shuffle_window=1 << 16, epochs=epochs,
+                                  run_dir=str(out / "train_run")),
                TrainConfig(lr=3e-3, dead_after=50_000, k_aux=32, checkpoint_every=100, log_every=20),
                progress=progress)
-    dict_path = out / "concept_dictionary.json"
+    if not keep_activations:
+        shutil.rmtree(data / "train")
+    write_split(data, "heldout", 60, 100_000, seed=2, with_pictures=True)
     dictionary = build_dictionary(DictionaryConfig(shards=str(data / "heldout"), sae=str(sae_path),
                                                    masks=str(data / "heldout" / "masks"), out=str(dict_path)),
                                   progress=progress)
+    if not keep_activations:
+        shutil.rmtree(data / "heldout")
     rows = evaluate(EvaluateConfig(shards=str(data / "eval"), sae=str(sae_path), dictionary=str(dict_path),
                                    masks=str(data / "eval" / "masks"), out=str(out / "metrics.json")))
     truth = truth_checks(sae_path, dictionary)
