@@ -16,9 +16,14 @@ from sae_concepts.sae_core.concept_dictionary import ConceptDictionary, SAEConce
 sys.path.insert(0, str(Path(__file__).parent / "host_support"))
 from comfy_server import comfy_server  # noqa: E402
 from test_host_server import run, saved_image  # noqa: E402
+from workflow_convert import ui_to_api  # noqa: E402
 
 TOY_SAE = "toyworld_test_sae.safetensors"
 TOY_DICT = "toyworld_test_dictionary.json"
+SHIPPED_SAE = "toyworld_v1_sae_set.safetensors"          # what the toy workflows load
+SHIPPED_DICT = "toyworld_v1_concept_dictionary.json"
+REPO = Path(__file__).resolve().parent.parent
+TOY_WORKFLOWS = sorted((REPO / "workflows").glob("toyworld_*.json"))
 
 
 def toy_weights(folder: Path) -> Path:
@@ -37,22 +42,36 @@ def toy_weights(folder: Path) -> Path:
     return export_weights(folder / CHECKPOINT, folder / "toyworld_test.safetensors")
 
 
+def shipped_toy_files() -> bool:
+    from sae_concepts.nodes.toyworld_nodes import SHIPPED_SAE_DIR
+    from sae_concepts.training.toyworld.sampling import SHIPPED_WEIGHTS
+    return SHIPPED_WEIGHTS.is_file() and (SHIPPED_SAE_DIR / SHIPPED_SAE).is_file() \
+        and (SHIPPED_SAE_DIR / SHIPPED_DICT).is_file()
+
+
 def write_toy_models(base: Path, weights: Path) -> str:
     (base / "models" / "toyworld").mkdir(parents=True)
     (base / "models" / "toyworld" / "toy_under_test.safetensors").symlink_to(weights)
     sae_dir = base / "models" / "sae"
     sae_dir.mkdir(parents=True)
+    if not shipped_toy_files():   # the toy workflows name the shipped files: stand-ins of the same names
+        (base / "models" / "toyworld" / "toyworld_v1.safetensors").symlink_to(weights)
+        write_random_toy_sae(sae_dir, SHIPPED_SAE, SHIPPED_DICT)
+    write_random_toy_sae(sae_dir, TOY_SAE, TOY_DICT)
+    return "toy_under_test.safetensors"
+
+
+def write_random_toy_sae(sae_dir: Path, sae_name: str, dict_name: str) -> None:
     entries = []
     for i, block in enumerate(PAPER_BLOCKS):
         sae = TopKSAE(SaeConfig(d_in=128, n_latents=512, k=8))
         sae.reset_parameters(torch.Generator().manual_seed(i))
         entries.append(SAEEntry(sae, SAEInfo(model_family="toyworld", block=block, t=None, cond="both")))
-    save_sae_set(sae_dir / TOY_SAE, entries)
+    save_sae_set(sae_dir / sae_name, entries)
     labels = {"red circle": [3, 4], "striped": [10], "blue square": [20]}
     ConceptDictionary([SAEConcepts(b, None, "both", {cid: {"labels": [w], "counts": {w: 1}}
                                                       for w, ids in labels.items() for cid in ids})
-                       for b in PAPER_BLOCKS]).save(sae_dir / TOY_DICT)
-    return "toy_under_test.safetensors"
+                       for b in PAPER_BLOCKS]).save(sae_dir / dict_name)
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +180,37 @@ def test_unknown_toy_word_is_refused_naming_the_vocabulary(toy_server):
     hist = run(toy_server, api)
     assert hist["status"]["status_str"] == "error"
     assert "unknown word" in json.dumps(hist["status"]["messages"])
+
+
+@pytest.mark.parametrize("workflow", [w.name for w in TOY_WORKFLOWS])
+def test_toy_workflow_runs_in_the_server(toy_server, workflow):
+    """Every shipped Toy World workflow runs as saved (UI format converted through the server's own
+    /object_info), steered differs from unsteered. With the shipped model and
+    SAE_CONCEPTS_TOY_PICTURES=1 its outputs become workflows/<name>.jpg."""
+    import os
+    ui = json.loads((REPO / "workflows" / workflow).read_text())
+    api = ui_to_api(ui, toy_server["object_info"])
+    hist = run(toy_server, api)
+    assert hist["status"]["status_str"] == "success", hist["status"]
+    imgs = images_of(toy_server, hist, api)
+    steered = {k: v for k, v in imgs.items() if k.endswith("_steered")}
+    for k, v in steered.items():
+        assert np.abs(v - imgs[k.replace("_steered", "_unsteered")]).max() >= 1, f"{k}: steering changed nothing"
+    if os.environ.get("SAE_CONCEPTS_TOY_PICTURES") and shipped_toy_files():
+        sys.path.insert(0, str(REPO / "workflows"))
+        from toy_thumbnails import thumbnail
+        titles = {n["id"]: n.get("title", n["type"]) for n in ui["nodes"]}
+        steer = next((n for n in ui["nodes"] if n["type"] in ("SAEConcepts_SpatialConceptSteer",
+                                                            "SAEConcepts_GlobalStyleSteer")), None)
+        prompt = next(n["widgets_values"][0] for n in ui["nodes"] if n.get("title", "").startswith("Positive"))
+        panels = []
+        for nid, node in api.items():
+            if node["class_type"] != "SaveImage":
+                continue
+            prefix = node["inputs"]["filename_prefix"]
+            settings = f"'{prompt}'"
+            if prefix.endswith("_steered") and steer is not None:
+                w = steer["widgets_values"]
+                settings += f"; {w[0]}, beta {w[2]:g}, window {w[4]:g}-{w[5]:g}" + (f", {w[8]}" if len(w) > 8 else "")
+            panels.append((imgs[prefix].astype("uint8"), titles[int(nid)], settings))
+        thumbnail(panels, REPO / "workflows" / workflow.replace(".json", ".jpg"))

@@ -266,7 +266,16 @@ def sdxl_turbo():
     g.save("sdxl_turbo_sdlens_paint")
 
 
-WORKFLOWS = (sdxl_turbo, composition, style, concept_map, combined)
+def toy_world_workflows() -> tuple:
+    """The Toy World workflows (toy_workflows.py), built with this module's layout helpers."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("toy_workflows", Path(__file__).with_name("toy_workflows.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.builders(globals())
+
+
+WORKFLOWS = (sdxl_turbo, composition, style, concept_map, combined, *toy_world_workflows())
 
 if __name__ == "__main__":
     for build in WORKFLOWS:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ...sae_core.atomic import write_text_atomic
+from ...sae_core.errors import SAEConceptsError
 from .sampling import DEFAULT_SAMPLER, SHIPPED_WEIGHTS
 from .world import COLOURS, SHAPES, STYLES, sample_scene, scene_prompt, ToyObject
 
@@ -66,6 +67,10 @@ class ToyPaperConfig:
     skip_steering: bool = field(default=False, metadata={"help": "stop after composition (no steering runs)"})
 
 
+class ToyPaperError(SAEConceptsError, ValueError):
+    pass
+
+
 # -- prompts and masks ----------------------------------------------------------------------
 
 def split_prompts(cfg: ToyPaperConfig, split: str, n: int) -> list[str]:
@@ -103,10 +108,13 @@ def write_masks(split_dir: Path) -> tuple[Path, Path]:
     done = split_dir / "masks.done"
     if done.exists():
         return masks, objects
-    for png in sorted((split_dir / "images").glob("*.png")):
+    pngs = sorted((split_dir / "images").glob("*.png"))
+    found = 0
+    for png in pngs:
         pid = int(png.stem)
         image = np.asarray(Image.open(png).convert("RGB"), dtype=np.float32) / 255
         comps, saturated = object_components(image)
+        found += len(comps)
         for label, m in comps:
             save_mask(masks, pid, label, torch.from_numpy(m))
             save_mask(objects, pid, label, torch.from_numpy(m))
@@ -114,6 +122,10 @@ def write_masks(split_dir: Path) -> tuple[Path, Path]:
         if style in STYLES:
             bg = ~ndimage.binary_dilation(saturated, iterations=2)
             save_mask(masks, pid, style, torch.from_numpy(bg))
+    if not found:
+        raise ToyPaperError(f"{split_dir}: the detector found no object in any of its {len(pngs)} images: this "
+                            f"model does not draw Toy World scenes (untrained weights?), so there is nothing to "
+                            f"label concepts with")
     write_text_atomic(done, "ok\n")
     return masks, objects
 

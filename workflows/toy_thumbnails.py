@@ -1,0 +1,44 @@
+"""Template thumbnails (workflows/<name>.jpg) from what a Toy World workflow really produced.
+
+The host test (tests/test_host_toyworld.py) runs every toyworld_*.json in a real server and, with
+SAE_CONCEPTS_TOY_PICTURES=1, hands the saved images here: each panel is one SaveImage output,
+upscaled without smoothing, with its title and the settings under it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+HERE = Path(__file__).parent
+PANEL = 240          # px: a 48 px image at 5x
+TEXT_H = 64
+
+
+def thumbnail(panels: list[tuple[np.ndarray, str, str]], out: Path) -> Path:
+    """panels: (image [H, W, 3] uint8, title, settings) side by side -> JPEG at `out`."""
+    font = ImageFont.load_default(size=15)
+    small = ImageFont.load_default(size=12)
+    sheet = Image.new("RGB", (len(panels) * (PANEL + 12) + 12, PANEL + TEXT_H + 24), (32, 32, 36))
+    draw = ImageDraw.Draw(sheet)
+    for i, (img, title, settings) in enumerate(panels):
+        x = 12 + i * (PANEL + 12)
+        pic = Image.fromarray(np.asarray(img, dtype=np.uint8)).resize((PANEL, PANEL), Image.NEAREST)
+        sheet.paste(pic, (x, 12))
+        draw.text((x, PANEL + 18), title, fill=(240, 240, 240), font=font)
+        for j, line in enumerate(_wrap(settings, 38)[:3]):
+            draw.text((x, PANEL + 38 + 14 * j), line, fill=(190, 190, 190), font=small)
+    sheet.save(out, quality=92)
+    return out
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return lines + ([line] if line else [])
