@@ -83,8 +83,8 @@ def main(argv=None) -> None:
         roofline, ours, naive = interleaved([lambda: x @ W.t(), lambda: tr.train_step(x),
                                              lambda: naive_step(tr, x)], a.repeats)
         dead = torch.rand(a.n, generator=torch.Generator().manual_seed(0)) < a.dead_fraction
-        tr.tokens_since_fired[dead.to(dev)] = tr.cfg.dead_after
-        aux = timed(lambda: (tr.tokens_since_fired.__setitem__(dead.to(dev), tr.cfg.dead_after),
+        tr.tokens_since_fired[dead.to(dev)] = tr.dead_after
+        aux = timed(lambda: (tr.tokens_since_fired.__setitem__(dead.to(dev), tr.dead_after),
                              tr.train_step(x)), a.repeats)
         print(f"{k:>4} {roofline * 1e3:>12.1f} {ours * 1e3:>9.1f} {naive * 1e3:>9.1f} {naive / ours:>10.2f}x {roofline / ours:>13.0%} "
               f"{aux * 1e3:>13.1f} {roofline / aux:>20.0%}")

@@ -7,8 +7,7 @@ import torch
 from torch import nn
 
 from .config import SaeConfig
-from .cpu_threads import thread_stable_sum
-from .sparse_ops import sparse_decode, sparse_decode_nonzero, topk_encode
+from .sparse_ops import encode_topk, sparse_decode, topk_sae_losses
 
 
 class SparseCode(NamedTuple):
@@ -72,7 +71,7 @@ class TopKSAE(nn.Module):
         """x [N, d] -> its k active latents (values are in normalised units)."""
         self._check_input(x)
         xc = self.normalise(x.to(self.W_dec.dtype)) - self.b_pre
-        values, indices, _, _ = topk_encode(xc, self.encoder_weight, self.latent_bias, self.cfg.k)
+        _, values, indices = encode_topk(xc, self.encoder_weight, self._used_latent_bias(), self.cfg.k)
         return SparseCode(values.relu(), indices)
 
     def decode(self, code: SparseCode) -> torch.Tensor:
@@ -94,38 +93,26 @@ class TopKSAE(nn.Module):
         """Training forward pass; all losses are computed in normalised units."""
         self._check_input(x)
         xn = self.normalise(x.to(self.W_dec.dtype))
-        xc = xn - self.b_pre
-        values, indices, aux_values, aux_indices = topk_encode(
-            xc, self.encoder_weight, self.latent_bias, self.cfg.k, dead_ids, k_aux
-        )
-        values = values.relu()
-        xn_hat = sparse_decode(values, indices, self.W_dec) + self.b_pre
-        residual = xn - xn_hat
-        # Full sums through thread_stable_sum: a plain .sum() of this size rounds differently
-        # at another intra-op thread count, and the weights would drift with it (cpu_threads.py).
-        total_var = thread_stable_sum((xn - xn.mean(0)).pow(2)).clamp_min(1e-12)
-        fvu = thread_stable_sum(residual.pow(2)) / total_var
-        if aux_indices.shape[1] > 0:
-            # The dead latents learn to explain what the live ones could not. ReLU as in
-            # Gao et al. and sparsify: only dead latents that would fire get pushed; without
-            # it (tried) negative ones are pushed further down and fewer come back.
-            e = residual.detach()
-            e_hat = sparse_decode_nonzero(aux_values.relu(), aux_indices, self.W_dec)
-            auxk = thread_stable_sum((e_hat - e).pow(2)) / thread_stable_sum((e - e.mean(0)).pow(2)).clamp_min(1e-12)
-        else:
-            auxk = xn.new_zeros(())
+        fvu, auxk, xn_hat, values, indices = topk_sae_losses(
+            xn, self.encoder_weight, self.latent_bias, self.W_dec, self.b_pre, self.cfg.k,
+            self.cfg.latent_bias, dead_ids, k_aux)
         return ForwardOutput(xn_hat * self.input_scale, SparseCode(values, indices), fvu, auxk)
+
+    def _used_latent_bias(self) -> torch.Tensor | None:
+        """The latent bias, or None when the config has none (it is then frozen at zero, and
+        skipping it saves a pass over the [N, n_f] pre-activations)."""
+        return self.latent_bias if self.cfg.latent_bias else None
 
     @torch.no_grad()
     def remove_parallel_decoder_grad(self) -> None:
         """Keep only the gradient component orthogonal to each unit-norm decoder row."""
         g = self.W_dec.grad
         if g is not None:
-            g -= (g * self.W_dec).sum(1, keepdim=True) * self.W_dec
+            g.addcmul_(torch.linalg.vecdot(g, self.W_dec).unsqueeze(1), self.W_dec, value=-1)
 
     @torch.no_grad()
     def normalise_decoder(self) -> None:
-        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        self.W_dec /= torch.linalg.vector_norm(self.W_dec, dim=1, keepdim=True).clamp_min(1e-12)
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 2 or x.shape[1] != self.cfg.d_in:

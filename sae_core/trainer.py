@@ -21,18 +21,27 @@ from .geometric_median import geometric_median
 from .sae import TopKSAE
 
 
+# The paper's settings (Tinaz et al., after Gao et al.): Adam 1e-4 at batch 4096, k_aux 256,
+# alpha 1/32, n_f = 4d (TrainCommandConfig's defaults), a latent dead after 10M vectors.
+PAPER_LR = 1e-4
+PAPER_DEAD_AFTER = 10_000_000
+
+
 @dataclass
 class TrainConfig:
-    lr: float = 1e-4
-    """Adam learning rate (the paper: 1e-4 at batch 4096)."""
+    lr: float = 0.0
+    """Adam learning rate; 0 means automatic: 2e-4 / sqrt(n_f / 2^14) as in sparsify (7.2e-4
+    at n_f = 1280, 3.6e-4 at the paper's 5120), or the paper's 1e-4 with `paper`."""
     seed: int = 0
     """Seeds the weight initialisation; with the same data order the run is reproducible."""
     k_aux: int = 256
     """Dead latents used by the AuxK loss per vector."""
     auxk_alpha: float = 1 / 32
     """Weight of the AuxK loss; 0 disables it."""
-    dead_after: int = 10_000_000
-    """A latent that has not fired for this many vectors counts as dead."""
+    dead_after: int = 0
+    """A latent that has not fired for this many vectors counts as dead. 0 means automatic:
+    a tenth of the run's vectors, at most 10M, when the run length is known (max_steps or the
+    trainer's expected_steps), else 10M; with `paper`, 10M."""
     normalise_input: bool = True
     """Divide inputs by a scalar so that E||x||^2 = d (estimated from the first batch)."""
     init_sample: int = 4096
@@ -42,10 +51,22 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 100
     """Steps between checkpoints (also written at the end); 0 means only at the end."""
+    paper: bool = False
+    """The paper's exact settings: lr 1e-4 and dead after 10M vectors where lr/dead_after are
+    left automatic (k_aux 256, alpha 1/32, batch 4096 and n_f = 4d are the defaults already)."""
 
 
 class TrainingError(SAEConceptsError, RuntimeError):
     pass
+
+
+def _adam(params, lr: float) -> torch.optim.Adam:
+    """Adam as one fused kernel per parameter where torch has it (CPU since torch 2.4): one pass
+    over the 13M parameters of a paper-sized SAE instead of about ten."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, ValueError):   # an older torch or a device without the fused kernel
+        return torch.optim.Adam(params, lr=lr)
 
 
 def _world() -> int:
@@ -93,7 +114,7 @@ class Trainer:
         self.sae = TopKSAE(sae_cfg)
         self.sae.reset_parameters(gen)
         self.sae.to(self.device)
-        self.optimizer = torch.optim.Adam([p for p in self.sae.parameters() if p.requires_grad], lr=cfg.lr)
+        self.optimizer = _adam([p for p in self.sae.parameters() if p.requires_grad], self.lr)
         self.tokens_since_fired = torch.zeros(sae_cfg.n_latents, dtype=torch.int64, device=self.device)
         self.step = 0
         self.vectors_seen = 0
@@ -104,6 +125,7 @@ class Trainer:
         self.log_path = Path(log_path) if log_path else None
         self.progress = progress
         self.expected_steps = expected_steps   # for the progress bar's ETA when the data length is known
+        self._batch_vectors = 0                # vectors per step, from the first batch
         if self.checkpoint and self.checkpoint.exists():
             self._load_checkpoint(self.checkpoint)
 
@@ -121,10 +143,30 @@ class Trainer:
         self.initialised = True
 
     def dead_mask(self) -> torch.Tensor:
-        return self.tokens_since_fired >= self.cfg.dead_after
+        return self.tokens_since_fired >= self.dead_after
+
+    @property
+    def lr(self) -> float:
+        """The learning rate in use (TrainConfig.lr, or the automatic one when that is 0)."""
+        if self.cfg.lr:
+            return self.cfg.lr
+        return PAPER_LR if self.cfg.paper else 2e-4 / math.sqrt(self.sae_cfg.n_latents / 2**14)
+
+    @property
+    def dead_after(self) -> int:
+        """Vectors without firing after which a latent counts as dead (TrainConfig.dead_after, or
+        the automatic threshold when that is 0: AuxK must be able to start within the run)."""
+        if self.cfg.dead_after:
+            return self.cfg.dead_after
+        steps = self.cfg.max_steps or self.expected_steps
+        if self.cfg.paper or not steps or not self._batch_vectors:
+            return PAPER_DEAD_AFTER
+        return max(1, min(PAPER_DEAD_AFTER, steps * self._batch_vectors // 10))
 
     def train_step(self, x: torch.Tensor) -> dict:
         x = x.to(self.device, torch.float32)
+        if not self._batch_vectors:   # sizes the automatic dead threshold
+            self._batch_vectors = x.shape[0] * _world()
         if not self.initialised:
             self._initialise(x)
         use_aux = self.cfg.auxk_alpha > 0 and self.cfg.k_aux > 0
@@ -234,7 +276,7 @@ class Trainer:
             "fvu": last.get("fvu", math.nan),
             "l0": last.get("l0", math.nan),
             "dead_fraction": float(self.dead_mask().float().mean()),
-            "lr": self.cfg.lr,
+            "lr": self.lr,
             "auxk_alpha": self.cfg.auxk_alpha,
         }
 
@@ -272,9 +314,11 @@ class Trainer:
                                 f"delete it to start over") from e
         mismatch = [f"{k}: checkpoint {meta['sae_cfg'].get(k)!r} vs now {v!r}"
                     for k, v in self.sae_cfg.to_dict().items() if meta["sae_cfg"].get(k) != v]
-        mismatch += [f"{k}: checkpoint {meta['train_cfg'].get(k)!r} vs now {v!r}"
+        defaults = asdict(TrainConfig())   # a field the checkpoint predates had its default value
+        mismatch += [f"{k}: checkpoint {meta['train_cfg'].get(k, defaults[k])!r} vs now {v!r}"
                      for k, v in asdict(self.cfg).items()
-                     if k not in ("max_steps", "log_every", "checkpoint_every") and meta["train_cfg"].get(k) != v]
+                     if k not in ("max_steps", "log_every", "checkpoint_every")
+                     and meta["train_cfg"].get(k, defaults[k]) != v]
         if mismatch:
             raise TrainingError(f"checkpoint {path} was made with another configuration: " + "; ".join(mismatch))
         self.sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")})
