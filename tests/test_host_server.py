@@ -21,7 +21,7 @@ from workflow_convert import ui_to_api  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 # SDXL needs an SDXL checkpoint; the Toy World ones run in tests/test_host_toyworld.py
-SD15_WORKFLOWS = [w for w in WORKFLOWS if not w.name.startswith(("sdxl", "toyworld"))]
+SD15_WORKFLOWS = [w for w in WORKFLOWS if not w.name.startswith(("sdxl", "toyworld", "flux"))]   # flux: test_flux_server.py
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 OUR_NODES = ("SAEConcepts_LoadSAE", "SAEConcepts_SpatialConceptSteer", "SAEConcepts_GlobalStyleSteer",
              "SAEConcepts_ConceptMapPreview")
@@ -107,7 +107,7 @@ def saved_image(server, hist, node_id):
 
 
 def test_workflows_are_ui_format_and_use_only_core_and_our_nodes(server):
-    assert len(WORKFLOWS) == 5
+    assert len(WORKFLOWS) == 10
     for wf in WORKFLOWS:
         ui = json.loads(wf.read_text())
         assert {"nodes", "links", "last_node_id", "version"} <= set(ui)

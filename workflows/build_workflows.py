@@ -36,6 +36,11 @@ SOCKETS = {
     "MaskComposite": ([("destination", "MASK"), ("source", "MASK")], [("MASK", "MASK")]),
     "MaskToImage": ([("mask", "MASK")], [("IMAGE", "IMAGE")]),
     "Note": ([], []),
+    "UNETLoader": ([], [("MODEL", "MODEL")]),
+    "DualCLIPLoader": ([], [("CLIP", "CLIP")]),
+    "VAELoader": ([], [("VAE", "VAE")]),
+    "FluxGuidance": ([("conditioning", "CONDITIONING")], [("CONDITIONING", "CONDITIONING")]),
+    "EmptySD3LatentImage": ([], [("LATENT", "LATENT")]),
     LOAD: ([], [("sae", SAE_TYPE)]),
     SPATIAL: ([("model", "MODEL"), ("sae", SAE_TYPE), ("mask", "MASK")], [("MODEL", "MODEL")]),
     STYLE: ([("model", "MODEL"), ("sae", SAE_TYPE)], [("MODEL", "MODEL")]),
@@ -50,7 +55,8 @@ SOCKETS = {
 SIZES = {"CheckpointLoaderSimple": (320, 100), "CLIPTextEncode": (400, 160), "EmptyLatentImage": (320, 110),
          "KSampler": (320, 270), "VAEDecode": (210, 50), "SaveImage": (320, 330), "PreviewImage": (320, 330),
          "PreviewAny": (320, 200), "SolidMask": (260, 110), "MaskComposite": (300, 130), "MaskToImage": (240, 30),
-         "Note": (400, 200), LOAD: (360, 110), SPATIAL: (380, 270), STYLE: (380, 250), CMAP: (380, 700)}
+         "Note": (400, 200), "UNETLoader": (320, 80), "DualCLIPLoader": (320, 130), "VAELoader": (320, 60),
+         "FluxGuidance": (320, 60), "EmptySD3LatentImage": (320, 110), LOAD: (360, 110), SPATIAL: (380, 270), STYLE: (380, 250), CMAP: (380, 700)}
 TITLE_H = 30
 GAP = 40
 
@@ -115,7 +121,7 @@ def base(g: Graph, prompt: str):
 
 
 def sample_and_save(g: Graph, model_src, ckpt, pos, neg, lat, seed, prefix, title,
-                    sampler=(30, 7.5, "ddim", "ddim_uniform"), col=3):
+                    sampler=(30, 7.5, "ddim", "ddim_uniform"), col=3, vae_src=None):
     ks = g.add("KSampler", [seed, "fixed", *sampler, 1.0], col, title=title)
     g.link(model_src[0], model_src[1], ks, "model")
     g.link(pos, 0, ks, "positive")
@@ -123,7 +129,7 @@ def sample_and_save(g: Graph, model_src, ckpt, pos, neg, lat, seed, prefix, titl
     g.link(lat, 0, ks, "latent_image")
     dec = g.add("VAEDecode", [], col + 1)
     g.link(ks, 0, dec, "samples")
-    g.link(ckpt, 2, dec, "vae")
+    g.link(*(vae_src or (ckpt, 2)), dec, "vae")
     save = g.add("SaveImage", [prefix], col + 2, title=title)
     g.link(dec, 0, save, "images")
     return ks
@@ -266,6 +272,44 @@ def sdxl_turbo():
     g.save("sdxl_turbo_sdlens_paint")
 
 
+def flux():
+    """Flux.1-dev with its own loaders (UNETLoader + DualCLIPLoader + VAELoader, as ComfyUI's Flux
+    examples), guidance 3.5 through FluxGuidance and cfg 1, so only the positive (cond) half exists."""
+    g = Graph()
+    unet = g.add("UNETLoader", ["flux1-dev.safetensors", "default"], 0)
+    clip = g.add("DualCLIPLoader", ["clip_l.safetensors", "t5xxl_fp16.safetensors", "flux"], 0)
+    vae = g.add("VAELoader", ["ae.safetensors"], 0)
+    pos = g.add("CLIPTextEncode", ["a photo of a dog in a garden"], 1, title="Prompt")
+    neg = g.add("CLIPTextEncode", [""], 1, title="Negative (unused at cfg 1)")
+    guide = g.add("FluxGuidance", [3.5], 2)
+    lat = g.add("EmptySD3LatentImage", [1024, 1024, 1], 1)
+    g.link(clip, 0, pos, "clip")
+    g.link(clip, 0, neg, "clip")
+    g.link(pos, 0, guide, "conditioning")
+    sae = g.add(LOAD, ["flux_double18_sae_set.safetensors", "none", "from file"], 0)
+    mask = quadrant_mask(g, 512, 0, 1024, 1024)
+    steer = g.add(SPATIAL, [BY_ID, "120", 0.8, "auto", 0.0, 1.0, "cond", "activation_addition"], 2,
+                  title="Activation addition (top-right)")
+    g.link(unet, 0, steer, "model")
+    g.link(sae, 0, steer, "sae")
+    g.link(mask, 0, steer, "mask")
+    note(g, "Flux.1-dev steered through an SAE (Shabalin et al., 'Interpreting Large Text-to-Image Diffusion "
+            "Models with Dictionary Learning'). Put flux1-dev.safetensors in models/diffusion_models, clip_l and "
+            "t5xxl in models/text_encoders, ae.safetensors in models/vae, and an SAE set for a Flux block in "
+            "models/sae (`sae-concepts collect --diffusion-model ... --text-encoders ... --blocks "
+            "double_blocks.18`, then `train`; an ITDA set from `sae-concepts itda` works the same way).\n\n"
+            "cfg 1 with FluxGuidance 3.5: there is no negative (uncond) half, so rows = cond. Mode "
+            "activation_addition adds beta (0.8) x the mean token norm x the concept's unit direction "
+            "(mean-centred) inside the mask, pooled to Flux's 2x2-patch token grid (16 px per token); 'auto' "
+            "steers the block the SAE set was trained at.", 2, 330)
+    flux_sampler = (20, 1.0, "euler", "simple")
+    sample_and_save(g, (steer, 0), None, guide, neg, lat, 7, "sae_concepts/flux_steered", "Steered", flux_sampler,
+                    vae_src=(vae, 0))
+    sample_and_save(g, (unet, 0), None, guide, neg, lat, 7, "sae_concepts/flux_unsteered", "Unsteered (same seed)",
+                    flux_sampler, vae_src=(vae, 0))
+    g.save("flux_activation_addition")
+
+
 def toy_world_workflows() -> tuple:
     """The Toy World workflows (toy_workflows.py), built with this module's layout helpers."""
     import importlib.util
@@ -275,7 +319,7 @@ def toy_world_workflows() -> tuple:
     return mod.builders(globals())
 
 
-WORKFLOWS = (sdxl_turbo, composition, style, concept_map, combined, *toy_world_workflows())
+WORKFLOWS = (sdxl_turbo, composition, style, concept_map, combined, flux, *toy_world_workflows())
 
 if __name__ == "__main__":
     for build in WORKFLOWS:
