@@ -14,6 +14,16 @@ def cmd_demo(a) -> int:
     from .evaluate.evaluate import format_table
     if a.epochs <= 0:
         raise ConfigError(f"--epochs must be positive, got {a.epochs}")
+    if a.world == "toy":
+        from .demo.toy_demo import run_toy_demo, toy_world_unavailable
+        reason = toy_world_unavailable()
+        if reason is None:
+            summary = run_toy_demo(Path(a.out), progress=not a.quiet)
+            print(Path(summary["tables"]).read_text())
+            print(f"report: {summary['report']}")
+            return 0
+        print(f"Toy World unavailable: {reason}; running the synthetic world instead")
+        a.world = "synthetic"
     summary = run_demo(Path(a.out), epochs=a.epochs, comfyui=a.comfyui, progress=not a.quiet,
                        keep_activations=a.keep_activations, world=a.world)
     print("SYNTHETIC DEMO: planted concepts laid out in space, not a diffusion model (see README)")

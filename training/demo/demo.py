@@ -84,7 +84,7 @@ def truth_checks(sae_path: Path, dictionary: ConceptDictionary) -> list[dict]:
 
 
 # The worlds the demo can run on. "synthetic": planted concepts laid out in space (this module).
-WORLDS = ("synthetic",)
+WORLDS = ("synthetic", "toy")   # "toy": the Toy World model (training/demo/toy_demo.py)
 DEFAULT_EPOCHS = 3   # every planted concept is recovered after 2 (measured); 3 leaves a margin
 
 
