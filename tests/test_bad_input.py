@@ -605,3 +605,18 @@ def test_sweep_nonsense_node_inputs_are_refused_before_sampling(tiny_model, bad,
         steer_model(tiny_model, node_set(a["d"], a["dictionary"]), a["block"], a["concept"], "spatial", a["beta"],
                     a["start"], a["end"], a["rows"], mask=a["mask"], mode=a["mode"])
     assert expected in str(err.value), err.value
+
+
+def test_a_shard_written_with_nan_activations_is_named_not_reported_as_a_nan_loss(tmp_path):
+    """The checksum is right (the NaN was in the data when written, e.g. an fp16 overflow)."""
+    from sae_concepts.training.storage.shards import ShardError, ShardWriter, activation_key
+    from sae_concepts.training.train.train import train_saes
+    planted_shards(tmp_path / "acts", n_shards=2)
+    key = activation_key("middle_block.1", 1.0, "cond")
+    x = torch.randn(256, 8).half()
+    x[5, 2] = math.inf
+    ShardWriter(tmp_path / "acts", run_config={"model_family": "sd1", "d": 8}).write(
+        2, {f"{key}/acts": x, f"{key}/prompt": torch.zeros(256, dtype=torch.int64),
+            f"{key}/pos": torch.arange(256, dtype=torch.int32)}, {"prompt_ids": [2]})
+    with pytest.raises(ShardError, match=r"shard_r000_00002\.safetensors: middle_block\.1\|t=1\|cond holds 1 NaN/Inf"):
+        train_saes(*train_cmd(tmp_path), progress=False)

@@ -166,7 +166,7 @@ class ShardSet:
         return sum(s["counts"].get(key, 0) for s in self.shards)
 
     def verify(self, shard: dict) -> None:
-        """Size and checksum against the manifest, once per shard and process."""
+        """Size and checksum against the manifest and finite activations, once per shard and process."""
         if shard["file"] in self.verified:
             return
         path = self.root / shard["file"]
@@ -177,6 +177,21 @@ class ShardSet:
         if problem:
             raise ShardError(f"shard {path} is corrupted ({problem}); delete it and rerun collect (same "
                              f"command) to redo it")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for name in f.keys():
+                    if name.endswith("/acts"):
+                        bad = int((~torch.isfinite(f.get_tensor(name))).sum())
+                        if bad:
+                            raise ShardError(
+                                f"shard {path}: {name[:-len('/acts')]} holds {bad} NaN/Inf activation value(s) "
+                                f"(an fp16 overflow in the model, or a damaged file); delete it and rerun "
+                                f"collect to redo it")
+        except ShardError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any read failure means a corrupted shard
+            raise ShardError(f"shard {path} cannot be read ({type(e).__name__}: {e}); delete it and "
+                             f"rerun collect to redo it") from e
         self.verified.add(shard["file"])
 
     def verify_all(self, keys=None, progress: bool = False) -> None:
@@ -201,10 +216,6 @@ class ShardSet:
         if out["acts"].shape[0] != shard["counts"][key]:
             raise ShardError(f"shard {path}: {key} has {out['acts'].shape[0]} vectors, manifest says "
                              f"{shard['counts'][key]}")
-        bad = int((~torch.isfinite(out["acts"])).sum())
-        if bad:
-            raise ShardError(f"shard {path}: {key} holds {bad} NaN/Inf activation value(s) (fp16 overflow in "
-                             f"the model, or a damaged file); delete it and rerun collect to redo it")
         return out
 
 
