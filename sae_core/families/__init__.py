@@ -5,12 +5,13 @@ Adding a family is one module here (building a `ModelFamily`) plus its entry in 
 from __future__ import annotations
 
 from . import flux, sd1, sdxl, toyworld
+from ..errors import ConfigError
 from .base import DIT, MODEL_TIMESTEP, SCHEDULE, SPATIAL_TRANSFORMER, ModelFamily, UnknownBlock, strip_prefix
 
 FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (sd1.FAMILY, sdxl.FAMILY, flux.FAMILY, toyworld.FAMILY)}
 
 
-class UnknownFamily(ValueError):
+class UnknownFamily(ConfigError):
     pass
 
 
