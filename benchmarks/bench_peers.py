@@ -52,21 +52,21 @@ def min_times(fns: dict, repeats: int) -> dict:
 
 # ---- data -------------------------------------------------------------------------------
 class ZipfPlanted:
-    """x = sum of `active` atoms (Zipf(1) frequencies) with coefficients in [0.5, 1.5) +
-    offset + noise. Rare atoms are what leave latents dead in real activations."""
+    """x = sum of `active` atoms drawn with Zipf(1) frequencies (with replacement), coefficients
+    in [0.5, 1.5), + offset + noise. Rare atoms are what leave latents dead in real activations."""
 
     def __init__(self, d: int, n_atoms: int, active: int, noise_std: float = 0.05, seed: int = 0):
         g = torch.Generator().manual_seed(seed)
         self.atoms = torch.randn(n_atoms, d, generator=g)
         self.atoms /= self.atoms.norm(dim=1, keepdim=True)
-        self.log_freq = -torch.log(torch.arange(1, n_atoms + 1, dtype=torch.float64)).float()
+        freq = 1 / torch.arange(1, n_atoms + 1, dtype=torch.float64)
+        self.cdf = (freq.cumsum(0) / freq.sum()).float()
         self.offset = torch.randn(d, generator=g) * (2.0 / math.sqrt(d))
         self.active, self.noise_std = active, noise_std
 
     def sample(self, n: int, g: torch.Generator) -> torch.Tensor:
-        # Gumbel top-k: `active` distinct atoms per vector, drawn with Zipf weights.
-        gumbel = -torch.log(-torch.log(torch.rand(n, self.atoms.shape[0], generator=g).clamp_min(1e-12)))
-        chosen = (self.log_freq + gumbel).topk(self.active, dim=1).indices
+        u = torch.rand(n, self.active, generator=g)
+        chosen = torch.searchsorted(self.cdf, u).clamp_max(self.atoms.shape[0] - 1)
         coeffs = 0.5 + torch.rand(n, self.active, generator=g)
         x = torch.nn.functional.embedding_bag(chosen, self.atoms, per_sample_weights=coeffs, mode="sum")
         return x + self.offset + self.noise_std * torch.randn(n, self.atoms.shape[1], generator=g)

@@ -71,10 +71,13 @@ class ActivePairs:
 
     def dots(self, rows: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
         """[P]: <rows[sample p], W[latent p]> for every pair (a sampled dense-dense product)."""
+        dtype = rows.dtype
+        if dtype not in (torch.float32, torch.float64):   # no half-precision sampled_addmm kernel on CPU
+            rows, W = rows.float(), W.float()
         pattern = torch.sparse_csr_tensor(self.sample_offsets, self.latent_ids,
                                           rows.new_zeros(self.latent_ids.numel()),
                                           size=(self.n_samples, self.n_latents), check_invariants=False)
-        return torch.sparse.sampled_addmm(pattern, rows, W.t(), beta=0.0).values()
+        return torch.sparse.sampled_addmm(pattern, rows, W.t(), beta=0.0).values().to(dtype)
 
     def latent_sums(self, weights: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """[n_f, d]: row i = sum of weights[p] * rows[sample p] over latent i's pairs. An
