@@ -9,16 +9,19 @@ from comfy_api.latest import io
 from ..sae_core import SD1_BLOCKS, SAEInfo, load_sae
 from ..sae_core.concept_dictionary import ConceptDictionary
 from ..sae_core.errors import ConfigError, SAEConceptsError
+from ..sae_core.families import get_family
+from ..sae_core.families.flux import DOUBLE, FLUX1_DEPTH, SINGLE
+from ..sae_core.families.sdxl import SDXL_BLOCKS as SDXL_REGISTRY_BLOCKS
 from .model_folders import dictionary_files, sae_files
 from .sae_type import CATEGORY, SAE, node_id
 
 FROM_FILE = "from file"
-# "<family> <diffusers block name>": what a foreign SAE (SDLens, SAELens) was trained on.
-SDXL_BLOCKS = ["down_blocks.1.attentions.0", "down_blocks.1.attentions.1", "down_blocks.2.attentions.0",
-               "down_blocks.2.attentions.1", "mid_block.attentions.0", "up_blocks.0.attentions.0",
-               "up_blocks.0.attentions.1", "up_blocks.0.attentions.2", "up_blocks.1.attentions.0",
-               "up_blocks.1.attentions.1", "up_blocks.1.attentions.2"]
-FOREIGN_BLOCKS = [f"sd1 {d}" for d, _ in SD1_BLOCKS.values()] + [f"sdxl {d}" for d in SDXL_BLOCKS]
+# "<family> <diffusers block name>": what a foreign SAE (SDLens, SAELens) was trained on, from the
+# family registry (Flux.1's 19 double and 38 single blocks by their diffusers names).
+SDXL_BLOCKS = [d for d, _ in SDXL_REGISTRY_BLOCKS.values()]
+FOREIGN_BLOCKS = ([f"sd1 {d}" for d, _ in SD1_BLOCKS.values()] + [f"sdxl {d}" for d in SDXL_BLOCKS]
+                  + [f"flux {get_family('flux').alias(f'{kind}.{i}')}" for kind in (DOUBLE, SINGLE)
+                     for i in range(FLUX1_DEPTH[kind])])
 
 
 _LOADED: dict = {}   # (files, mtimes, block choice) -> SAESet: validation loads, execute reuses

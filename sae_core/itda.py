@@ -52,9 +52,6 @@ class ItdaConfig:
     standardise: bool = False
     """Per-dimension standardisation (mean and std of the first batch), as sparsify's ITDA."""
 
-    add_per_round: int = 64
-    """Most atoms added before the batch's remaining candidates are encoded again."""
-
     def __post_init__(self) -> None:
         if self.k <= 0:
             raise ConfigError(f"ITDA k (target L0) must be positive, got {self.k}")
@@ -64,8 +61,6 @@ class ItdaConfig:
             raise ConfigError(f"ITDA max_atoms must be >= 0 (0 = no limit), got {self.max_atoms}")
         if self.encoder not in ENCODERS:
             raise ConfigError(f"ITDA encoder must be one of {ENCODERS}, got {self.encoder!r}")
-        if self.add_per_round <= 0:
-            raise ConfigError(f"ITDA add_per_round must be positive, got {self.add_per_round}")
 
 
 def pursuit(x: torch.Tensor, atoms: torch.Tensor, k: int, encoder: str = "gp", chunk: int = 2048) -> SparseCode:
@@ -187,41 +182,42 @@ class ItdaDictionary(nn.Module):
 
     @torch.no_grad()
     def grow(self, x: torch.Tensor, prompt: torch.Tensor, pos: torch.Tensor) -> int:
-        """Add the vectors of one batch that the dictionary reconstructs worse than the threshold
-        (worst first, skipping near-copies of atoms added in the same round); returns atoms added."""
+        """Add the vectors of one batch that the dictionary reconstructs worse than the threshold,
+        worst first, skipping a vector when one already added from this batch explains it alone
+        (cosine >= sqrt(1 - threshold)); returns the number of atoms added. A skipped vector is
+        then under the threshold too: pursuit's first step takes an atom at least that close,
+        and later steps never increase the residual."""
         if self.n_latents == 0 and self.itda_cfg.standardise:
             self.mean = x.mean(0)
             self.std = x.std(0).clamp_min(1e-6) if x.shape[0] > 1 else torch.ones_like(self.mean)
         xn = self.normalise(x)
         norms = xn.norm(dim=1)
         keep = norms > 1e-12 * max(1.0, float(norms.max()) if norms.numel() else 1.0)
-        xn, prompt, pos = xn[keep], prompt[keep], pos[keep]
-        candidates = torch.arange(xn.shape[0])
-        added = 0
-        limit = (1 - self.itda_cfg.threshold) ** 0.5   # cosine at which one atom explains the vector
-        while candidates.numel() and not self.full():
-            loss = self.losses(xn[candidates])
-            above = loss > self.itda_cfg.threshold
-            candidates = candidates[above][torch.argsort(loss[above], descending=True)]
-            if not candidates.numel():
+        xn, prompt, pos, norms = xn[keep], prompt[keep], pos[keep], norms[keep]
+        if self.full() or not xn.shape[0]:
+            return 0
+        loss = self.losses(xn)
+        above = torch.nonzero(loss > self.itda_cfg.threshold).flatten()
+        if not above.numel():
+            return 0
+        order = above[torch.argsort(loss[above], descending=True)]
+        unit = xn[order] / norms[order, None]
+        close = (unit @ unit.T) >= (1 - self.itda_cfg.threshold) ** 0.5
+        room = self.itda_cfg.max_atoms - self.n_latents if self.itda_cfg.max_atoms else order.numel()
+        blocked = torch.zeros(order.numel(), dtype=torch.bool)
+        accepted: list[int] = []
+        for c in range(order.numel()):
+            if len(accepted) >= room:
                 break
-            room = self.itda_cfg.max_atoms - self.n_latents if self.itda_cfg.max_atoms else candidates.numel()
-            new: list[int] = []
-            for c in candidates.tolist():
-                if len(new) >= min(self.itda_cfg.add_per_round, room):
-                    break
-                u = xn[c] / xn[c].norm()
-                if new and float((xn[new] / xn[new].norm(dim=1, keepdim=True) @ u).max()) >= limit:
-                    continue
-                new.append(c)
-            idx = torch.tensor(new)
-            unit = xn[idx] / xn[idx].norm(dim=1, keepdim=True)
-            self.atoms = torch.cat([self.atoms, unit.to(self.atoms.dtype)])
-            self.prompt = torch.cat([self.prompt, prompt[idx].long()])
-            self.pos = torch.cat([self.pos, pos[idx].long()])
-            added += len(new)
-            candidates = candidates[~torch.isin(candidates, idx)]
-        return added
+            if blocked[c]:
+                continue
+            accepted.append(c)
+            blocked |= close[c]
+        idx = torch.tensor(accepted)
+        self.atoms = torch.cat([self.atoms, unit[idx].to(self.atoms.dtype)])
+        self.prompt = torch.cat([self.prompt, prompt[order[idx]].long()])
+        self.pos = torch.cat([self.pos, pos[order[idx]].long()])
+        return len(accepted)
 
 
 def build_itda(batches, d_in: int, cfg: ItdaConfig, passes: int = 1, progress=None) -> tuple[ItdaDictionary, dict]:
