@@ -57,7 +57,7 @@ def test_detector_finds_nothing_on_plain_grey():
 
 def _tiny_train_cfg(out, **kw):
     from sae_concepts.training.toyworld.train import ToyTrainConfig
-    return ToyTrainConfig(out=str(out), steps=4, batch_size=2, warmup=2, checkpoint_every=2, **kw)
+    return ToyTrainConfig(**{"out": str(out), "steps": 4, "batch_size": 2, "warmup": 2, "checkpoint_every": 2, **kw})
 
 
 def test_training_is_deterministic_and_resumes_exactly(comfy, tmp_path):
@@ -127,3 +127,14 @@ def test_ground_truth_scene_for_a_prompt():
         assert sorted(o.label for o in d.objects) == sorted(truth)
         for o in d.objects:
             assert np.array_equal(o.mask, truth[o.label]), o.label
+
+
+def test_schedule_can_be_extended_on_resume_and_is_recorded(comfy, tmp_path):
+    from sae_concepts.training.toyworld.train import train
+    train(_tiny_train_cfg(tmp_path), progress=False, stop_after=2)
+    a = train(_tiny_train_cfg(tmp_path, steps=6), progress=False, stop_after=1)
+    assert a.step == 3 and a.schedule == [[0, 4], [2, 6]]
+    b = train(_tiny_train_cfg(tmp_path, steps=6), progress=False, stop_after=1)   # same length: no new entry
+    assert b.step == 4 and b.schedule == [[0, 4], [2, 6]]
+    with pytest.raises(ValueError, match="past --steps"):
+        train(_tiny_train_cfg(tmp_path, steps=3), progress=False)

@@ -77,6 +77,7 @@ class ToyTrainer:
         self.alphas_cumprod = sd1_alphas_cumprod()
         self.step = 0
         self.seconds = 0.0       # training wall time summed over all sessions of this run
+        self.schedule = [[0, cfg.steps]]   # [from step, schedule length] for each extension
 
     def lr_at(self, step: int) -> float:
         c = self.cfg
@@ -125,7 +126,7 @@ class ToyTrainer:
         return out
 
     def save_checkpoint(self, path: Path):
-        meta = {"step": str(self.step), "seconds": f"{self.seconds:.1f}",
+        meta = {"step": str(self.step), "seconds": f"{self.seconds:.1f}", "schedule": json.dumps(self.schedule),
                 "train_config": json.dumps(asdict(self.cfg)), "model_config": self.model_cfg.to_json()}
         with atomic_path(path) as tmp:
             save_file(self.state_tensors(), str(tmp), metadata=meta)
@@ -138,7 +139,9 @@ class ToyTrainer:
         if saved_model_cfg != self.model_cfg:
             raise ValueError(f"{path}: checkpoint model config {saved_model_cfg} differs from {self.model_cfg}")
         saved = json.loads(meta["train_config"])
-        for key in ("seed", "batch_size", "steps", "lr", "warmup", "lr_floor", "min_snr_gamma",
+        # The schedule's length may be extended on resume (recorded in the checkpoint's
+        # "schedule" history, so the recipe stays exact); every other setting must match.
+        for key in ("seed", "batch_size", "lr", "warmup", "lr_floor", "min_snr_gamma",
                     "prompt_dropout", "omit_style", "ema_decay", "weight_decay", "grad_clip"):
             if saved[key] != getattr(self.cfg, key):
                 raise ValueError(f"{path}: resuming with {key}={getattr(self.cfg, key)} but the run "
@@ -155,6 +158,11 @@ class ToyTrainer:
         self.opt.load_state_dict(opt_state)
         self.step = int(meta["step"])
         self.seconds = float(meta["seconds"])
+        self.schedule = json.loads(meta.get("schedule", json.dumps([[0, saved["steps"]]])))
+        if self.cfg.steps != self.schedule[-1][1]:
+            if self.cfg.steps < self.step:
+                raise ValueError(f"{path}: the run is at step {self.step}, past --steps {self.cfg.steps}")
+            self.schedule.append([self.step, self.cfg.steps])
 
 
 def export_weights(ckpt: Path, out: Path, dtype=torch.float16) -> Path:
