@@ -49,6 +49,7 @@ class TrainConfig:
     max_steps: int = 0
     """Stop after this many batches; 0 means when the data ends."""
     log_every: int = 10
+    """Steps per logged window (averaged figures in the log and on the progress bar)."""
     checkpoint_every: int = 100
     """Steps between checkpoints (also written at the end); 0 means only at the end."""
     paper: bool = False

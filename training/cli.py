@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", default="report", help="report folder")
     rp.set_defaults(func=cmd_report)
     i = sub.add_parser("info", help="describe an SAE file or folder in any supported format")
-    i.add_argument("path")
+    i.add_argument("path", help="SAE file or folder (native, SDLens, sparsify or SAELens)")
     i.set_defaults(func=cmd_info)
     from .toyworld.cli import register as register_toyworld
     register_toyworld(sub)

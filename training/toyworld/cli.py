@@ -45,7 +45,7 @@ def register(sub) -> None:
     from .evaluate import ToyEvalConfig
     from .train import ToyTrainConfig
     tw = sub.add_parser("toyworld", help="the Toy World: a small SD1.x-topology model trained here on drawn scenes")
-    tsub = tw.add_subparsers(dest="toyworld_command", required=True)
+    tsub = tw.add_subparsers(dest="toyworld_command", required=True, help="Toy World step to run")
     t = tsub.add_parser("train", help="train (or resume) the Toy World model; writes <out>/toyworld.safetensors")
     add_dataclass_args(t, ToyTrainConfig)
     t.add_argument("--stop-at", type=int, default=0,
