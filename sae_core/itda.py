@@ -52,6 +52,9 @@ class ItdaConfig:
     standardise: bool = False
     """Per-dimension standardisation (mean and std of the first batch), as sparsify's ITDA."""
 
+    def to_dict(self) -> dict:
+        return asdict(self)
+
     def __post_init__(self) -> None:
         if self.k <= 0:
             raise ConfigError(f"ITDA k (target L0) must be positive, got {self.k}")
@@ -121,6 +124,11 @@ class ItdaDictionary(nn.Module):
         self.register_buffer("input_scale", torch.ones(()))
 
     # ---- what the rest of the code reads from an SAE ----------------------------------------
+    @property
+    def cfg(self) -> ItdaConfig:
+        """The settings it was built with (what a fingerprint hashes beside the atoms)."""
+        return self.itda_cfg
+
     @property
     def d_in(self) -> int:
         return self._d

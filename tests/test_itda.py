@@ -125,6 +125,11 @@ def test_max_size_standardisation_save_load_and_sae_interface(tmp_path):
     assert concept_map(e.sae, rows, [int(ids[0])]).shape == (30,)
     assert global_steer(e.sae, rows, [1, 2], 10.0).shape == rows.shape
     assert activation_addition(e.sae, rows, [1], torch.ones(30), 0.8).shape == rows.shape
+    # A concept dictionary records and checks the ITDA set's fingerprint as it does an SAE set's.
+    from sae_concepts.sae_core.concept_dictionary import ConceptDictionary, SAEConcepts
+    d = ConceptDictionary.for_sae_set(loaded, [SAEConcepts("double_blocks.18", 1.0, "cond", {2: {"labels": ["dog"]}})])
+    d.check_built_from(loaded)
+    assert d.for_sae("transformer_blocks.18", 1.0, "cond").lookup("dog") == [2]
 
 
 def test_bad_itda_settings_are_refused():
