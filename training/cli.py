@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .collect.collect import CollectConfig
     from .dataclass_cli import add_dataclass_args
     from .train.train import TrainCommandConfig
-    c = sub.add_parser("collect", help="record Delta at transformer blocks while sampling an SD1.x checkpoint")
+    c = sub.add_parser("collect", help="record Delta at transformer blocks while sampling an SD1.x, SDXL or Flux model")
     add_dataclass_args(c, CollectConfig)
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=cmd_collect)
