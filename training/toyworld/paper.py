@@ -231,11 +231,17 @@ class Steerer:
             raise FloatingPointError("toyworld paper: non-finite image from a steered model")
         return imgs.numpy()
 
+    def blocks_for(self, concept: str) -> list[str]:
+        """The steered blocks whose dictionary labels some concept with `concept` (a block without
+        one would refuse the word, as the node does)."""
+        return [b for b in self.blocks if labelled(self.sae_set.dictionary, self.sae_set, concept, [b])]
+
     def steered(self, prompts, seed, concept, kind, beta, window, rows="both", mask=None, normalisation=None):
         from ...nodes.steering import steer_model
         kw = {} if normalisation is None else {"normalisation": normalisation}
-        m, _ = steer_model(self.model, self.sae_set, self.cfg.blocks, concept, kind, beta, window[0], window[1],
-                           rows, mask=mask, **kw)
+        m = self.model
+        for block in self.blocks_for(concept):   # one steer node per block, chained
+            m, _ = steer_model(m, self.sae_set, block, concept, kind, beta, window[0], window[1], rows, mask=mask, **kw)
         return self.sample(m, prompts, seed)
 
 
@@ -339,6 +345,7 @@ def run_condition(steerer: Steerer, kind: str, tasks: list[dict], name: str, bet
             rows_out.append({"task": i, **r})
             images[i] = imgs[j]
     result = {"name": name, "kind": kind, "beta": beta, "window": list(window), "rows": rows,
+              "blocks": {c: steerer.blocks_for(c) for c in sorted(by_concept)},
               "normalisation": normalisation, "n": len(rows_out),
               "success": float(np.mean([r["success"] for r in rows_out])) if rows_out else None,
               "rmse": float(np.mean([r["rmse"] for r in rows_out])) if rows_out else None,
