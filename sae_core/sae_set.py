@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .blocks import CONDITIONS
+from .errors import ConfigError
 from .families import FAMILIES, canonical_block
 from .sae import TopKSAE
 from .selection import nearest
@@ -27,11 +28,11 @@ class SAEInfo:
 
     def __post_init__(self) -> None:
         if self.cond not in CONDITIONS:
-            raise ValueError(f"cond must be one of {CONDITIONS}, got {self.cond!r}")
+            raise ConfigError(f"cond must be one of {CONDITIONS}, got {self.cond!r}")
         if self.quantity not in ("delta", "output"):
-            raise ValueError(f"quantity must be 'delta' or 'output', got {self.quantity!r}")
+            raise ConfigError(f"quantity must be 'delta' or 'output', got {self.quantity!r}")
         if self.t is not None and not 0.0 <= float(self.t) <= 1.0:
-            raise ValueError(f"t must be in [0, 1] (1.0 = first reverse step), got {self.t}")
+            raise ConfigError(f"t must be in [0, 1] (1.0 = first reverse step), got {self.t}")
         family = FAMILIES.get(self.model_family)
         if family is not None and (self.block or self.block_diffusers):
             self.block = family.canonical_block(self.block or self.block_diffusers)

@@ -22,6 +22,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
+from ...sae_core.errors import ConfigError
+
 from .model import ToyModelConfig, ToyTextEncoder, image_to_latent, latent_to_image, UNSHUFFLE
 from .world import tokenize
 
@@ -71,7 +73,7 @@ def read_toy_weights(path) -> tuple[ToyModelConfig, dict[str, torch.Tensor], dic
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a toy world weights file (format {meta.get('format')!r}, expected {FORMAT!r})")
+        raise ConfigError(f"{path}: not a toy world weights file (format {meta.get('format')!r}, expected {FORMAT!r})")
     return ToyModelConfig.from_json(meta["model_config"]), load_file(str(path)), meta
 
 

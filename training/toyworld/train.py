@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ...sae_core.atomic import atomic_path
+from ...sae_core.errors import ConfigError
 from .model import ToyModelConfig, ToyTextEncoder, build_unet, image_to_latent
 from .world import render, sample_scene, tokenize
 
@@ -137,14 +138,14 @@ class ToyTrainer:
             meta = f.metadata()
         saved_model_cfg = ToyModelConfig.from_json(meta["model_config"])
         if saved_model_cfg != self.model_cfg:
-            raise ValueError(f"{path}: checkpoint model config {saved_model_cfg} differs from {self.model_cfg}")
+            raise ConfigError(f"{path}: checkpoint model config {saved_model_cfg} differs from {self.model_cfg}")
         saved = json.loads(meta["train_config"])
         # The schedule's length may be extended on resume (recorded in the checkpoint's
         # "schedule" history, so the recipe stays exact); every other setting must match.
         for key in ("seed", "batch_size", "lr", "warmup", "lr_floor", "min_snr_gamma",
                     "prompt_dropout", "omit_style", "ema_decay", "weight_decay", "grad_clip"):
             if saved[key] != getattr(self.cfg, key):
-                raise ValueError(f"{path}: resuming with {key}={getattr(self.cfg, key)} but the run "
+                raise ConfigError(f"{path}: resuming with {key}={getattr(self.cfg, key)} but the run "
                                  f"was started with {key}={saved[key]}; use the same settings or a new --out")
         t = load_file(str(path))
         self.modules.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
@@ -161,7 +162,7 @@ class ToyTrainer:
         self.schedule = json.loads(meta.get("schedule", json.dumps([[0, saved["steps"]]])))
         if self.cfg.steps != self.schedule[-1][1]:
             if self.cfg.steps < self.step:
-                raise ValueError(f"{path}: the run is at step {self.step}, past --steps {self.cfg.steps}")
+                raise ConfigError(f"{path}: the run is at step {self.step}, past --steps {self.cfg.steps}")
             self.schedule.append([self.step, self.cfg.steps])
 
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ...sae_core.errors import ConfigError
+
 IMAGE_SIZE = 48
 COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (0.86, 0.12, 0.12),
@@ -84,7 +86,7 @@ def sample_scene(rng: np.random.Generator, n_objects: int | None = None, style: 
     """A random scene. n_objects None: 1 or 2 with equal probability (balanced)."""
     n = int(rng.integers(1, MAX_OBJECTS + 1)) if n_objects is None else n_objects
     if not 1 <= n <= MAX_OBJECTS:
-        raise ValueError(f"n_objects must be 1..{MAX_OBJECTS}, got {n}")
+        raise ConfigError(f"n_objects must be 1..{MAX_OBJECTS}, got {n}")
     style = STYLES[int(rng.integers(len(STYLES)))] if style is None else style
     colours, shapes = list(COLOURS), list(SHAPES)
     objects: list[ToyObject] = []
@@ -114,7 +116,7 @@ def scene_from_prompt(prompt: str, rng: np.random.Generator) -> Scene:
     from rng (an unnamed style is drawn too). Render it with `render`."""
     wanted, style = parse_prompt(prompt)
     if not 1 <= len(wanted) <= MAX_OBJECTS:
-        raise ValueError(f"toy prompt {prompt!r} names {len(wanted)} objects; expected 1..{MAX_OBJECTS}")
+        raise ConfigError(f"toy prompt {prompt!r} names {len(wanted)} objects; expected 1..{MAX_OBJECTS}")
     named = style is not None
     style = style or STYLES[int(rng.integers(len(STYLES)))]
     objects: list[ToyObject] = []
@@ -154,7 +156,7 @@ def background(style: str) -> np.ndarray:
         cy, cx = _YY % p - (p - 1) / 2, _XX % p - (p - 1) / 2
         ink = cy * cy + cx * cx <= 1.6
     else:
-        raise ValueError(f"unknown style {style!r}; expected one of {STYLES}")
+        raise ConfigError(f"unknown style {style!r}; expected one of {STYLES}")
     return np.where(ink, BACKGROUND_DARK, BACKGROUND_LIGHT).astype(np.float32)
 
 
@@ -172,7 +174,7 @@ def object_mask(o: ToyObject) -> np.ndarray:
     if o.shape == "triangle":   # upright isosceles: apex at top centre, base at the bottom
         half_width = (y / s) * (s / 2)
         return inside_box & (np.abs(x - s / 2) <= half_width)
-    raise ValueError(f"unknown shape {o.shape!r}; expected one of {SHAPES}")
+    raise ConfigError(f"unknown shape {o.shape!r}; expected one of {SHAPES}")
 
 
 def render(scene: Scene) -> Rendered:
@@ -191,9 +193,9 @@ def tokenize(text: str) -> list[int]:
     words = [w for w in text.lower().replace(",", " , ").split() if w not in FILLER_WORDS]
     unknown = [w for w in words if w not in TOKEN_ID]
     if unknown:
-        raise ValueError(f"toy prompt {text!r}: unknown word(s) {unknown}; vocabulary: {VOCAB[1:]}")
+        raise ConfigError(f"toy prompt {text!r}: unknown word(s) {unknown}; vocabulary: {VOCAB[1:]}")
     if len(words) > CONTEXT_LENGTH:
-        raise ValueError(f"toy prompt {text!r} has {len(words)} words; at most {CONTEXT_LENGTH}")
+        raise ConfigError(f"toy prompt {text!r} has {len(words)} words; at most {CONTEXT_LENGTH}")
     return [TOKEN_ID[w] for w in words] + [TOKEN_ID[PAD]] * (CONTEXT_LENGTH - len(words))
 
 
@@ -207,7 +209,7 @@ def parse_prompt(text: str) -> tuple[list[tuple[str, str]], str | None]:
             colour = w
         elif w in SHAPES:
             if colour is None:
-                raise ValueError(f"toy prompt {text!r}: shape {w!r} has no colour before it")
+                raise ConfigError(f"toy prompt {text!r}: shape {w!r} has no colour before it")
             objects.append((colour, w))
             colour = None
         elif w in STYLES:
