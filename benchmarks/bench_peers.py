@@ -124,7 +124,7 @@ class SparsifyRun:
         out = sae(x, dead_mask=dead, total_variance=(x - x.mean(0)).pow(2).sum())
         fired = torch.zeros(self.counts.shape, dtype=torch.bool)
         fired[out.latent_indices.flatten()] = True
-        float(out.fvu)
+        float(out.fvu.detach())   # its trainer logs the loss every step
         (out.fvu + self.auxk_alpha * out.auxk_loss + out.multi_topk_fvu / 8).backward()
         sae.remove_gradient_parallel_to_decoder_directions()
         self.opt.step()

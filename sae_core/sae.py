@@ -71,7 +71,7 @@ class TopKSAE(nn.Module):
         """x [N, d] -> its k active latents (values are in normalised units)."""
         self._check_input(x)
         xc = self.normalise(x.to(self.W_dec.dtype)) - self.b_pre
-        _, values, indices = encode_topk(xc, self.encoder_weight, self._used_latent_bias(), self.cfg.k)
+        values, indices, _, _ = encode_topk(xc, self.encoder_weight, self._used_latent_bias(), self.cfg.k)
         return SparseCode(values.relu(), indices)
 
     def decode(self, code: SparseCode) -> torch.Tensor:

@@ -107,11 +107,45 @@ class ActivePairs:
         return self._by_latent
 
 
-def encode_topk(x_centered: torch.Tensor, W_enc: torch.Tensor, latent_bias: torch.Tensor | None, k: int):
-    """Pre-activations and their top k (values pre-ReLU, indices), no gradient."""
-    pre = x_centered @ W_enc.t() if latent_bias is None else torch.addmm(latent_bias, x_centered, W_enc.t())
-    values, indices = pre.topk(k, dim=1, sorted=False)
-    return pre, values, indices
+# Pre-activations are computed this many elements (rows x n_f) at a time on the CPU, each block
+# taken through its top-k while it is still in cache; the [N, n_f] matrix (84 MB at the paper's
+# size) is never written out and read back whole.
+ENCODE_BLOCK_ELEMENTS = 1 << 21
+
+
+def encode_topk(x_centered: torch.Tensor, W_enc: torch.Tensor, latent_bias: torch.Tensor | None, k: int,
+                dead_ids: torch.Tensor | None = None, k_aux: int = 0):
+    """(values, indices, aux_values, aux_local): the top k pre-activations of each row (pre-ReLU)
+    and, with dead_ids, the top k_aux among the dead latents (aux_local indexes dead_ids; both
+    None without). Differentiable when autograd needs it (one block then)."""
+    N, n = x_centered.shape[0], W_enc.shape[0]
+    with_aux = dead_ids is not None and dead_ids.numel() > 0 and k_aux > 0
+    k_aux = min(k_aux, dead_ids.numel()) if with_aux else 0
+    tracked = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x_centered, W_enc, latent_bias))
+    if tracked or x_centered.device.type != "cpu":
+        pre = x_centered @ W_enc.t() if latent_bias is None else torch.addmm(latent_bias, x_centered, W_enc.t())
+        values, indices = pre.topk(k, dim=1, sorted=False)
+        aux = pre.index_select(1, dead_ids).topk(k_aux, dim=1, sorted=False) if with_aux else (None, None)
+        return values, indices, *aux
+    rows = max(1, min(N, ENCODE_BLOCK_ELEMENTS // n))
+    values = x_centered.new_empty(N, k)
+    indices = torch.empty(N, k, dtype=torch.int64, device=x_centered.device)
+    aux_values = x_centered.new_empty(N, k_aux) if with_aux else None
+    aux_local = torch.empty(N, k_aux, dtype=torch.int64, device=x_centered.device) if with_aux else None
+    block = x_centered.new_empty(rows, n)
+    for s in range(0, N, rows):
+        e = min(N, s + rows)
+        pre = block[: e - s]
+        if latent_bias is None:
+            torch.mm(x_centered[s:e], W_enc.t(), out=pre)
+        else:
+            torch.addmm(latent_bias, x_centered[s:e], W_enc.t(), out=pre)
+        torch.topk(pre, k, dim=1, sorted=False, out=(values[s:e], indices[s:e]))
+        if with_aux:
+            torch.topk(pre.index_select(1, dead_ids), k_aux, dim=1, sorted=False,
+                       out=(aux_values[s:e], aux_local[s:e]))
+    return values, indices, aux_values, aux_local
 
 
 def _weighted_row_sum(weights: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -133,7 +167,8 @@ class _TopKLoss(torch.autograd.Function):
     def forward(ctx, xn, W_enc, latent_bias, W_dec, b_pre, k, use_latent_bias, dead_ids, k_aux):
         N, n = xn.shape[0], W_enc.shape[0]
         xc = xn - b_pre
-        pre, values, indices = encode_topk(xc, W_enc, latent_bias if use_latent_bias else None, k)
+        values, indices, aux_values, aux_local = encode_topk(
+            xc, W_enc, latent_bias if use_latent_bias else None, k, dead_ids, k_aux)
         acts = values.relu()
         xn_hat = sparse_decode(acts, indices, W_dec).add_(b_pre)
         residual = xn_hat - xn
@@ -143,11 +178,10 @@ class _TopKLoss(torch.autograd.Function):
         fvu = thread_stable_sum(residual.pow(2)) / total
         auxk = xn.new_zeros(())
         aux: tuple = ()
-        if dead_ids is not None and dead_ids.numel() > 0 and k_aux > 0:
+        if aux_values is not None:
             # The dead latents learn to explain what the live ones could not (target e = -residual,
             # held fixed). ReLU as in Gao et al.: only dead latents that would fire are pushed.
             n_dead = dead_ids.numel()
-            aux_values, aux_local = pre.index_select(1, dead_ids).topk(min(k_aux, n_dead), dim=1, sorted=False)
             keep = aux_values > 0
             e_total = thread_stable_sum((residual - residual.mean(0)).pow_(2)).clamp_min(1e-12)
             if int(keep.sum()) >= AUX_DENSE_MIN_DENSITY * N * n_dead:
@@ -163,7 +197,6 @@ class _TopKLoss(torch.autograd.Function):
                 aux = ("sparse", pairs, aux_acts)
             auxk = thread_stable_sum(aux_diff.pow(2)) / e_total
             aux = aux + (aux_diff, e_total)
-        del pre
         ctx.aux = aux
         ctx.use_latent_bias = use_latent_bias
         ctx.dead_ids = dead_ids

@@ -20,12 +20,16 @@ def random_sae(d=24, n=96, k=5, latent_bias=True, dtype=torch.float64, seed=0):
     return sae
 
 
-def test_sparse_encode_decode_match_dense_reference():
+def test_sparse_encode_decode_match_dense_reference(monkeypatch):
+    monkeypatch.setattr(sparse_ops, "ENCODE_BLOCK_ELEMENTS", 96 * 64)   # blocks of 64 rows, the last partial
     sae = random_sae(dtype=torch.float32)
     x = torch.randn(300, 24)
     code = sae.encode(x)
     z = dense_topk_code(sae, x)
     torch.testing.assert_close(sae.dense_code(code), z)
+    with torch.no_grad():   # the blocked path (no autograd) gives the same code
+        blocked = sae.encode(x)
+    torch.testing.assert_close(sae.dense_code(blocked), z)
     torch.testing.assert_close(sae.decode(code), dense_decode(sae, z), rtol=1e-5, atol=1e-5)
     assert code.values.shape == (300, 5) and (code.values >= 0).all()
 
@@ -37,6 +41,7 @@ def test_gradients_match_dense_reference(aux, latent_bias, monkeypatch):
     and the input, with AuxK's dead-latent products done densely and through the index kernels,
     and with the reconstruction and the code values used in the loss as well."""
     monkeypatch.setattr(sparse_ops, "AUX_DENSE_MIN_DENSITY", {"dense": 0.0, "sparse": 2.0}.get(aux, 1 / 16))
+    monkeypatch.setattr(sparse_ops, "ENCODE_BLOCK_ELEMENTS", 96 * 10)   # blocks of 10 rows, the last partial
     sae = random_sae(latent_bias=latent_bias)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(64, 24, dtype=torch.float64, generator=g).requires_grad_()
@@ -69,6 +74,7 @@ def test_training_steps_are_bitwise_equal_at_1_and_2_threads_above_gemm_threadin
     """Big enough that the GEMMs, embedding bags and sampled products split across threads
     (test_cpu_threads covers a small SAE); a third of the latents held dead so AuxK runs."""
     monkeypatch.setattr(sparse_ops, "AUX_DENSE_MIN_DENSITY", aux_density)
+    monkeypatch.setattr(sparse_ops, "ENCODE_BLOCK_ELEMENTS", 384 * 300)   # 7 encoder blocks per batch
     before = torch.get_num_threads()
     planted = PlantedDictionary.random(d=96, n_atoms=256, active_per_vector=4, subspace_dim=24, seed=0)
     batches = list(planted.batches(2048, 3, seed=1))
