@@ -24,10 +24,16 @@ def random_checkpoint(comfy):
     return cached_random_sd1_checkpoint()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def loaded(random_checkpoint):
+    """The full-size random SD1.5 (~4.4 GB in float32 on a CPU): held for this module only, so it is
+    freed before the next module's full-size model is built (two at once doubled the suite's peak)."""
+    import gc
     from sae_concepts.training.collect.collect import load_checkpoint
-    return load_checkpoint(str(random_checkpoint))
+    yield load_checkpoint(str(random_checkpoint))
+    import comfy.model_management
+    comfy.model_management.unload_all_models()   # ComfyUI keeps a reference to every loaded model
+    gc.collect()
 
 
 def small_cfg(tmp_path, **over):
@@ -44,6 +50,7 @@ def small_cfg(tmp_path, **over):
 def subprocess_env():
     from conftest import PLACEHOLDER, _torchvision_works
     env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")   # beside this process on a few cores: no oversubscription
     if not _torchvision_works():
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), PLACEHOLDER]))
     return env
