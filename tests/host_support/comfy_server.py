@@ -55,7 +55,7 @@ def comfy_server(comfy_root: Path, base: Path, frontend: Path, extra_pythonpath:
                                 cwd=str(comfy_root), env=env, stdout=logf, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 180
+        deadline = time.time() + 600   # a loaded machine imports ComfyUI slowly
         while True:
             try:
                 get(url + "/object_info/SAEConcepts_LoadSAE", timeout=5)
