@@ -57,10 +57,10 @@ class ToyPaperConfig:
     epochs: int = field(default=30, metadata={"help": "SAE training passes over the train split"})
     dictionary_iou: float = field(default=0.5, metadata={"help": "dictionary: IoU above which a mask's label is given"})
     steer_images: int = field(default=8, metadata={"help": "images per steering condition"})
-    spatial_betas: str = field(default="2,8,32,128", metadata={"help": "beta sweep of the spatial steer"})
+    spatial_betas: str = field(default="4,16,64,256,1024,4096", metadata={"help": "beta sweep of the spatial steer"})
     style_betas: str = field(default="sum:10,1000;mean:2,8;none:2,8",
                              metadata={"help": "beta sweep of the style steer per normalisation"})
-    suppress_beta: float = field(default=-8.0, metadata={"help": "beta of the negative global steer (mean norm.)"})
+    suppress_betas: str = field(default="-8,-64,-512", metadata={"help": "betas of the negative global steer (mean norm.)"})
     blocks: str = field(default="auto", metadata={"help": "steered block(s): auto = all three, or one path"})
     seed: int = field(default=0, metadata={"help": "seed of prompts and noise"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads"})
@@ -170,6 +170,101 @@ def run_composition(cfg: ToyPaperConfig, model, clip, vae, progress: bool = True
                                 masks=str(eval_objects), out=str(metrics)))
     return {"splits": {k: str(v) for k, v in splits.items()}, "sae": str(sae_path), "dictionary": str(dict_path),
             "metrics": str(metrics), "eval_object_masks": str(eval_objects)}
+
+
+# -- style concepts by association ------------------------------------------------------------
+
+STYLE_CONCEPTS_PER_KEY = 3     # latents named after each style per (block, t, cond)
+STYLE_RATIO = 2.0              # mean activation on that style's images >= this x on the others
+
+
+def add_style_labels(sae_path, dict_path, shards_dir, masks_dir, out_path) -> Path:
+    """A copy of the dictionary where style concepts are named by association, not IoU: the
+    background mask is most of the image, so a style concept's map rarely passes IoU > 0.5 with
+    it (the IoU rule named no style on the Toy World). Here a latent is named after style S when
+    its mean activation over the images whose background the detector reads as S is the highest
+    and at least STYLE_RATIO times its mean over the other images (top STYLE_CONCEPTS_PER_KEY per
+    key). Object labels are kept as the dictionary stage gave them."""
+    from ...sae_core import load_sae
+    from ...sae_core.concept_dictionary import ConceptDictionary, SAEConcepts
+    from ..dictionary.dictionary import image_codes
+    from ..storage.shards import ShardSet, activation_key
+    out_path = Path(out_path)
+    if out_path.exists():
+        return out_path
+    sae_set = load_sae(sae_path)
+    base = ConceptDictionary.load(dict_path)
+    shards = ShardSet.open(shards_dir)
+    style_of = {}
+    for d in Path(masks_dir).iterdir():
+        found = [st for st in STYLES if (d / f"{st}.png").exists()]
+        if found:
+            style_of[int(d.name)] = found[0]
+    entries = []
+    for e in sae_set:
+        old = base.for_sae(e.info.block, e.info.t, e.info.cond)
+        concepts = {cid: {"labels": list(c["labels"]), "counts": dict(c["counts"])}
+                    for cid, c in (old.concepts.items() if old else [])}
+        key = activation_key(e.info.block, e.info.t if e.info.t is not None else 1.0, e.info.cond)
+        means, styles = [], []
+        for pid, rows, _ in image_codes(shards, key):
+            if pid not in style_of:
+                continue
+            with torch.no_grad():
+                code = e.sae.encode(rows)
+            dense = torch.zeros(rows.shape[0], e.sae.n_latents)
+            dense.scatter_(1, code.indices, code.values.clamp_min(0))
+            means.append(dense.mean(0))
+            styles.append(style_of[pid])
+        if means:
+            m = torch.stack(means)
+            per_style = {st: m[[i for i, x in enumerate(styles) if x == st]].mean(0) for st in set(styles)
+                         if sum(x == st for x in styles) >= 2}
+            for st, mine in per_style.items():
+                others = m[[i for i, x in enumerate(styles) if x != st]].mean(0)
+                rivals = torch.stack([v for k, v in per_style.items() if k != st]).max(0).values \
+                    if len(per_style) > 1 else torch.zeros_like(mine)
+                ok = (mine > 0) & (mine >= STYLE_RATIO * others) & (mine > rivals)
+                score = torch.where(ok, mine - others, torch.full_like(mine, -1.0))
+                for cid in score.topk(STYLE_CONCEPTS_PER_KEY).indices.tolist():
+                    if score[cid] > 0:
+                        c = concepts.setdefault(int(cid), {"labels": [], "counts": {}})
+                        n = sum(x == st for x in styles)
+                        c["labels"].append(st)
+                        c["counts"][st] = c["counts"].get(st, 0) + n
+        entries.append(SAEConcepts(e.info.block, e.info.t, e.info.cond, concepts))
+    ConceptDictionary.for_sae_set(sae_set, entries).save(out_path)
+    return out_path
+
+
+def style_edit_size(sae_path, shards_dir, beta: float = 10.0, t: float = 0.5, cond: str = "cond") -> list[dict]:
+    """How big GlobalStyleSteer's edit is under each normalisation at the paper's middle beta, on
+    the model's own Delta (eval split, bucket t): mean over positions of ||change_ij|| / ||Delta_ij||,
+    one concept (the latent most active on the split) per block. Needs no sampling."""
+    from ...sae_core import load_sae
+    from ...sae_core.interventions import NORMALISATIONS, global_steer
+    from ..dictionary.dictionary import image_codes
+    from ..storage.shards import ShardSet, activation_key
+    shards = ShardSet.open(shards_dir)
+    out = []
+    for e in load_sae(sae_path):
+        if e.info.t != t or e.info.cond != cond:
+            continue
+        images = [rows for _, rows, _ in image_codes(shards, activation_key(e.info.block, t, cond))]
+        if not images:
+            continue
+        with torch.no_grad():
+            counts = torch.zeros(e.sae.n_latents)
+            for rows in images:
+                counts.index_add_(0, e.sae.encode(rows).indices.flatten(), torch.ones(rows.shape[0] * e.sae.cfg.k))
+            cid = int(counts.argmax())
+            row = {"block": e.info.block, "positions": images[0].shape[0]}
+            for norm in NORMALISATIONS:
+                ratios = [(global_steer(e.sae, rows, [cid], beta, norm).norm(dim=1) / rows.norm(dim=1).clamp_min(1e-8)).mean()
+                          for rows in images]
+                row[norm] = float(torch.stack(ratios).mean())
+        out.append(row)
+    return out
 
 
 # -- steering (stage 4) -----------------------------------------------------------------------
@@ -392,19 +487,23 @@ def run_steering(cfg: ToyPaperConfig, model, clip, sae_path, dict_path, progress
         for norm, betas in parse_style_betas(cfg.style_betas).items():
             for b in betas:
                 plan.append(("style", f"style_{w}_{norm}_b{b:g}_both", b, win, "both", norm))
-    spatial_best = max([float(x) for x in cfg.spatial_betas.split(",")])
+    # cond rows only (CFG then multiplies the edit by the guidance scale): every beta early, the
+    # largest in the other windows.
+    spatial = [float(x) for x in cfg.spatial_betas.split(",")]
     for w, win in WINDOWS.items():
-        plan.append(("spatial", f"spatial_{w}_b{spatial_best:g}_cond", spatial_best, win, "cond", None))
+        for b in (spatial if w == "early" else spatial[-1:]):
+            plan.append(("spatial", f"spatial_{w}_b{b:g}_cond", b, win, "cond", None))
     full = (0.0, 1.0)
-    plan += [("suppress_object", "suppress_object_remove_all", 0.0, full, "both", "remove"),
-             ("suppress_object", f"suppress_object_neg_b{cfg.suppress_beta:g}", cfg.suppress_beta, full, "both", "mean"),
-             ("suppress_style", "suppress_style_remove_all", 0.0, full, "both", "remove"),
-             ("suppress_style", f"suppress_style_neg_b{cfg.suppress_beta:g}", cfg.suppress_beta, full, "both", "mean")]
+    for target in ("object", "style"):
+        plan.append((f"suppress_{target}", f"suppress_{target}_remove_all", 0.0, full, "both", "remove"))
+        for b in [float(x) for x in cfg.suppress_betas.split(",")]:
+            plan.append((f"suppress_{target}", f"suppress_{target}_neg_b{b:g}", b, full, "both", "mean"))
     tasks = {k: steering_tasks(cfg, k, steerer) for k in ("spatial", "style", "suppress_object", "suppress_style")}
     refs: dict[str, dict] = {}
     from .detect import detect
     for kind, ts in tasks.items():
-        ref_path = out / f"unsteered_{kind}.npz"
+        # keyed by the tasks themselves: another dictionary (other labels) gives other tasks
+        ref_path = out / f"unsteered_{kind}_{hash_text(json.dumps([[t['prompt'], t['concept']] for t in ts])):x}.npz"
         by_concept: dict[str, list[int]] = {}
         for i, t in enumerate(ts):
             by_concept.setdefault(t["concept"], []).append(i)
@@ -456,7 +555,7 @@ def window_of(win) -> str:
     return f"{win[0]:g}-{win[1]:g}"
 
 
-def tables_markdown(metrics_rows: list[dict], steering: dict | None, meta: dict) -> str:
+def tables_markdown(metrics_rows: list[dict], steering: dict | None, meta: dict, edit_size: list[dict] | None = None) -> str:
     lines = [f"Toy World model: {meta.get('weights')} (step {meta.get('step')}); {meta.get('images')}; "
              f"DDIM {meta.get('steps')} steps, CFG {meta.get('cfg')}. Measured on a shared 2-core CPU.", ""]
     lines += ["### (a) Composition emergence: concept-map IoU with the final image's objects",
@@ -492,6 +591,13 @@ def tables_markdown(metrics_rows: list[dict], steering: dict | None, meta: dict)
         w = window_of(c["window"])
         lines.append(f"| {w} | {c['normalisation']} | {c['beta']:g} | {pct(c['success'])} ({c['n']}) | "
                      f"{num(c['rmse'], '.3f')} | {num(c['ssim'])} | {pct(PAPER['style'][w])} |")
+    if edit_size:
+        lines += ["", "Size of the style edit at the paper's middle beta = 10 on this model's own Delta (t = 0.5, cond; "
+                  "mean over positions of ||change|| / ||Delta||):", "",
+                  "| block | positions | sum (as written) | mean | none |", "|---|---|---|---|---|"]
+        for r in edit_size:
+            lines.append(f"| {r['block']} | {r['positions']} | {num(r['sum'], '.3f')} | {num(r['mean'], '.3f')} | "
+                         f"{num(r['none'], '.3f')} |")
     lines += ["", "### (d) Negative steering (suppression), whole trajectory",
               f"Success = the prompted object is gone / the style is no longer the prompted one (unsteered: "
               f"object {pct(base.get('suppress_object'))}, style {pct(base.get('suppress_style'))}); kept = the "
@@ -552,13 +658,19 @@ def run_paper(cfg: ToyPaperConfig, progress: bool = True) -> dict:
     write_text_atomic(out / "paper_config.json", json.dumps(asdict(cfg), indent=1))
     model, clip, vae = load_toy_parts(cfg.weights)
     comp = run_composition(cfg, model, clip, vae, progress)
-    steering = None if cfg.skip_steering else run_steering(cfg, model, clip, comp["sae"], comp["dictionary"], progress)
+    steering = None
+    if not cfg.skip_steering:
+        heldout = Path(comp["splits"]["heldout"])
+        steer_dict = add_style_labels(comp["sae"], comp["dictionary"], heldout, heldout / "masks",
+                                      out / "concept_dictionary_with_styles.json")
+        steering = run_steering(cfg, model, clip, comp["sae"], steer_dict, progress)
     meta = weights_metadata(cfg.weights)
     info = {"weights": Path(cfg.weights).name, "step": meta.get("step"), "steps": cfg.steps, "cfg": cfg.cfg,
             "images": f"{cfg.train_images} train / {cfg.heldout_images} dictionary / {cfg.eval_images} eval images, "
                       f"{cfg.steer_images} per steering condition"}
     rows = json.loads(Path(comp["metrics"]).read_text())["rows"]
-    md = tables_markdown(rows, steering, info)
+    edit_size = style_edit_size(comp["sae"], comp["splits"]["eval"])
+    md = tables_markdown(rows, steering, info, edit_size)
     write_text_atomic(out / "paper_tables.md", md)
     from ..report.report import build_report
     index = build_report(out / "report", comp["sae"], comp["dictionary"], comp["metrics"], comp["splits"]["eval"],
