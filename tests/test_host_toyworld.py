@@ -42,11 +42,23 @@ def toy_weights(folder: Path) -> Path:
     return export_weights(folder / CHECKPOINT, folder / "toyworld_test.safetensors")
 
 
+# Trained files to run the toy workflows on instead of the shipped ones (e.g. a checkpoint's export
+# and the SAE set + dictionary `sae-concepts toyworld paper` made for it): all three or none.
+OVERRIDES = ("SAE_CONCEPTS_TOY_WEIGHTS", "SAE_CONCEPTS_TOY_SAE", "SAE_CONCEPTS_TOY_DICTIONARY")
+
+
+def override_files() -> list[Path] | None:
+    import os
+    given = [os.environ.get(k) for k in OVERRIDES]
+    return [Path(g) for g in given] if all(given) else None
+
+
 def shipped_toy_files() -> bool:
+    """Whether the toy workflows run on trained files (shipped, or given by OVERRIDES)."""
     from sae_concepts.nodes.toyworld_nodes import SHIPPED_SAE_DIR
     from sae_concepts.training.toyworld.sampling import SHIPPED_WEIGHTS
-    return SHIPPED_WEIGHTS.is_file() and (SHIPPED_SAE_DIR / SHIPPED_SAE).is_file() \
-        and (SHIPPED_SAE_DIR / SHIPPED_DICT).is_file()
+    return override_files() is not None or (SHIPPED_WEIGHTS.is_file() and (SHIPPED_SAE_DIR / SHIPPED_SAE).is_file()
+                                            and (SHIPPED_SAE_DIR / SHIPPED_DICT).is_file())
 
 
 def write_toy_models(base: Path, weights: Path) -> str:
@@ -54,7 +66,12 @@ def write_toy_models(base: Path, weights: Path) -> str:
     (base / "models" / "toyworld" / "toy_under_test.safetensors").symlink_to(weights)
     sae_dir = base / "models" / "sae"
     sae_dir.mkdir(parents=True)
-    if not shipped_toy_files():   # the toy workflows name the shipped files: stand-ins of the same names
+    given = override_files()
+    if given is not None:          # trained files under the names the toy workflows load
+        (base / "models" / "toyworld" / "toyworld_v1.safetensors").symlink_to(given[0].resolve())
+        (sae_dir / SHIPPED_SAE).symlink_to(given[1].resolve())
+        (sae_dir / SHIPPED_DICT).symlink_to(given[2].resolve())
+    elif not shipped_toy_files():  # the toy workflows name the shipped files: stand-ins of the same names
         (base / "models" / "toyworld" / "toyworld_v1.safetensors").symlink_to(weights)
         write_random_toy_sae(sae_dir, SHIPPED_SAE, SHIPPED_DICT)
     write_random_toy_sae(sae_dir, TOY_SAE, TOY_DICT)

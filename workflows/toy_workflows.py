@@ -18,13 +18,13 @@ TOY_SIZES = {TOY_LOAD: (320, 60), TOY_LATENT: (320, 110), QUADRANT: (320, 110)}
 TOY_SAMPLER = (25, 3.0, "ddim", "ddim_uniform")
 # The settings shown in the pictures and notes (from the measured tables; see the README).
 SETTINGS = {
-    "composition": dict(concept="blue square", beta=32.0, window=(0.0, 0.4), quadrant="top right",
-                        prompt="red circle on plain background", seed=4),
+    "composition": dict(concept="red circle", beta=4096.0, window=(0.0, 0.4), quadrant="bottom right",
+                        prompt="yellow triangle on checkered background", seed=4),
     "style": dict(concept="striped", beta=8.0, normalisation="mean", window=(0.4, 0.8),
                   prompt="green triangle on plain background", seed=2),
-    "concept_map": dict(concept="red circle", prompt="red circle and blue square on dotted background", seed=3),
-    "suppression": dict(concept="blue square", beta=-8.0, normalisation="mean", window=(0.0, 1.0),
-                        prompt="red circle and blue square on checkered background", seed=5),
+    "concept_map": dict(concept="red circle", prompt="red circle and blue triangle on dotted background", seed=3),
+    "suppression": dict(concept="red circle", beta=-64.0, normalisation="mean", window=(0.0, 1.0),
+                        prompt="red circle and blue triangle on plain background", seed=5),
 }
 
 
