@@ -23,11 +23,13 @@ from .cpu_threads import thread_stable_sum
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
 
-# AuxK's dead-latent products are done densely over the dead latents ([N, n_dead] x [n_dead, d])
-# when the aux code fills at least this share of that matrix, and through the index kernels
-# otherwise. A GEMM runs ~30x more multiply-adds per second than the row gathers of the index
-# kernels; measured crossover on CPU (benchmarks/bench_peers.py --aux-crossover): about 1/16.
-AUX_DENSE_MIN_DENSITY = 1 / 16
+# AuxK's dead-latent products are done densely over the dead latents ([N, n_dead] x [n_dead, d]
+# GEMMs) when the aux code fills at least this share of that matrix, and through the index
+# kernels otherwise. Measured (benchmarks/bench_peers.py --aux-crossover; CPU, 1 thread, d 640,
+# n_f 2560, batch 2048): dense faster at density 0.20 (5.8 s vs 6.5 s a step), the index
+# kernels at 0.11 (5.7 s vs 8.9 s); dense/sparse time ~ 0.17-0.2 / density, so the crossover
+# is near 1/6. (At k_aux 256 the aux code is that sparse only once most latents are dead.)
+AUX_DENSE_MIN_DENSITY = 1 / 6
 
 
 def sparse_decode(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:

@@ -40,7 +40,7 @@ def test_gradients_match_dense_reference(aux, latent_bias, monkeypatch):
     """The hand-written backward against autograd through the naive dense SAE: every parameter
     and the input, with AuxK's dead-latent products done densely and through the index kernels,
     and with the reconstruction and the code values used in the loss as well."""
-    monkeypatch.setattr(sparse_ops, "AUX_DENSE_MIN_DENSITY", {"dense": 0.0, "sparse": 2.0}.get(aux, 1 / 16))
+    monkeypatch.setattr(sparse_ops, "AUX_DENSE_MIN_DENSITY", {"dense": 0.0, "sparse": 2.0}.get(aux, 1 / 6))
     monkeypatch.setattr(sparse_ops, "ENCODE_BLOCK_ELEMENTS", 96 * 10)   # blocks of 10 rows, the last partial
     sae = random_sae(latent_bias=latent_bias)
     g = torch.Generator().manual_seed(1)
