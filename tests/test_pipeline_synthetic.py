@@ -105,6 +105,12 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert min(r["composition_iou"] for r in summary["metrics"]) > 0.45
     page = (tmp_path / "demo" / "report" / "index.html").read_text()
     assert "SYNTHETIC DEMO" in page and "Truth checks" in page
+    # Files get the user's umask (atomic writes made them 0600), and the output stays small.
+    from sae_concepts.sae_core.atomic import current_umask
+    files = [p for p in (tmp_path / "demo").rglob("*") if p.is_file()]
+    assert {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o666 & ~current_umask())}
+    assert sum(p.stat().st_size for p in files) < 60 * 2**20
+    assert not (tmp_path / "demo" / "synthetic" / "train").exists()
     # Resuming a finished demo redoes nothing and gives the same SAEs.
     from sae_concepts.sae_core import load_sae
     before = load_sae(tmp_path / "demo" / "sae_set.safetensors")
