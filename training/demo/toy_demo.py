@@ -17,7 +17,7 @@ from ..toyworld.sampling import SHIPPED_WEIGHTS
 
 # Small enough for a few CPU minutes; big enough that every (block, t, cond) key gets concepts.
 DEMO_SIZES = dict(train_images=48, heldout_images=16, eval_images=16, steps=15, epochs=20, steer_images=4,
-                  spatial_betas="64,1024", style_betas="sum:1000;mean:8", suppress_betas="-64")
+                  spatial_betas="4096", style_betas="mean:8", suppress_betas="-64")
 
 
 def toy_world_unavailable(weights: Path = SHIPPED_WEIGHTS) -> str | None:
