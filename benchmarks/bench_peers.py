@@ -298,15 +298,16 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--dead-fraction", type=float, default=0.1)
     p.add_argument("--no-speed", action="store_true")
+    p.add_argument("--no-saelens", action="store_true", help="leave SAELens out (its step is the slowest)")
     p.add_argument("--aux-crossover", action="store_true")
     p.add_argument("--quality-steps", type=int, default=300, help="0 skips the quality comparison")
     p.add_argument("--quality-d", type=int, default=256)
     p.add_argument("--quality-batch", type=int, default=4096)
     a = p.parse_args(argv)
-    sparsify, sae_lens = import_sparsify(), import_saelens()
+    sparsify, sae_lens = import_sparsify(), None if a.no_saelens else import_saelens()
     if sparsify is None:
         raise SystemExit("sparsify is not installed: pip install -e '.[bench]' (eai-sparsify)")
-    if sae_lens is None:
+    if sae_lens is None and not a.no_saelens:
         print("SAELens not installed: its column is left out")
     if not a.no_speed:
         speed(a, sparsify, sae_lens)
