@@ -33,8 +33,9 @@ def test_global_steer_normalisations_match_a_naive_loop():
             want = 5.0 * norms[p] / divisor * f.sum(0)
             assert torch.allclose(got[p], want, atol=1e-5), (norm, p)
     # "sum" is the paper as written: the weights over positions add up to beta.
-    s = global_steer(sae, delta, [3], 5.0, "sum")
-    assert abs(float((s @ f[0]).sum()) - 5.0) < 1e-4
+    with torch.no_grad():
+        s = global_steer(sae, delta, [3], 5.0, "sum")
+        assert abs(float((s @ f[0]).sum()) - 5.0) < 1e-4
     with pytest.raises(ConfigError, match="normalisation"):
         global_steer(sae, delta, [3], 5.0, "max")
 
