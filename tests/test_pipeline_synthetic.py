@@ -90,8 +90,10 @@ def test_dictionary_needs_all_positions(tmp_path, pipeline):
     w.write(0, {f"{key}/acts": torch.zeros(5, D).half(), f"{key}/prompt": torch.zeros(5, dtype=torch.int64),
                 f"{key}/pos": torch.arange(5, dtype=torch.int32)},
             {"prompt_ids": [0], "prompts": ["x"], "seeds": [0], "grids": {"middle_block.1": [16, 16]}})
+    from sae_concepts.training.storage.masks import save_mask
+    save_mask(tmp_path / "masks", 0, "dog", torch.ones(16, 16, dtype=torch.bool))   # masks for image 0
     with pytest.raises(ValueError, match="needs every position"):
-        build_dictionary(DictionaryConfig(shards=str(tmp_path / "sub"), sae=str(sae), masks=str(data / "eval" / "masks"),
+        build_dictionary(DictionaryConfig(shards=str(tmp_path / "sub"), sae=str(sae), masks=str(tmp_path / "masks"),
                                           out=str(tmp_path / "d.json")), progress=False)
 
 
