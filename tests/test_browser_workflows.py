@@ -27,6 +27,9 @@ WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 CHROMIUM = next((p for p in (os.environ.get("SAE_CONCEPTS_CHROMIUM"), shutil.which("chromium"),
                              shutil.which("chromium-browser"), shutil.which("google-chrome")) if p), None)
 
+# Core loaders whose files (SDXL, Flux weights) are not installed in the test's models folder.
+MODEL_FILE_LOADERS = {"CheckpointLoaderSimple", "UNETLoader", "DualCLIPLoader", "CLIPLoader", "VAELoader"}
+
 # Read in the page after app.loadGraphData: nodes with their boxes (title bar included), missing
 # types, and widgets whose value is not among their options.
 INSPECT = """() => {
@@ -71,9 +74,24 @@ def frontend_page(comfy, tmp_path_factory):
     dummy = base / "dummy.safetensors"
     dummy.write_bytes(b"")   # listed by the checkpoint loader; never loaded (nothing is run here)
     write_models(base, dummy)
-    sdlens = base / "models" / "sae" / "sdlens" / "up_blocks.0.attentions.1_k10"
-    sdlens.mkdir(parents=True)
-    (sdlens / "state_dict.pth").write_bytes(b"")   # only listed, for the SDXL workflow's Load SAE
+    # Every SAE file and dictionary the workflows name is listed (SAE files empty: nothing is
+    # loaded here); the dictionaries hold every string our other nodes' widgets carry, so each
+    # workflow's concept is among the concept combo's labels.
+    from sae_concepts.sae_core.concept_dictionary import ConceptDictionary, SAEConcepts
+    sae_dir = base / "models" / "sae"
+    uis = [json.loads(w.read_text()) for w in WORKFLOWS]
+    words = sorted({v for ui in uis for n in ui["nodes"] if n["type"].startswith("SAEConcepts_")
+                    and n["type"] != "SAEConcepts_LoadSAE" for v in n.get("widgets_values", []) if isinstance(v, str)})
+    for ui in uis:
+        for n in ui["nodes"]:
+            if n["type"] == "SAEConcepts_LoadSAE":
+                sae_file, dictionary = sae_dir / n["widgets_values"][0], n["widgets_values"][1]
+                if not sae_file.exists():
+                    sae_file.parent.mkdir(parents=True, exist_ok=True)
+                    sae_file.write_bytes(b"")
+                if dictionary != "none" and not (sae_dir / dictionary).exists():
+                    ConceptDictionary([SAEConcepts("middle_block.1", None, "both", {
+                        i: {"labels": [w], "counts": {w: 1}} for i, w in enumerate(words)})]).save(sae_dir / dictionary)
     with comfy_server(comfy, base, frontend_root(), None if _torchvision_works() else PLACEHOLDER) as srv:
         # A first visit opens the templates browser over the canvas; mark the tutorial as seen.
         req = urllib.request.Request(srv["url"] + "/settings/Comfy.TutorialCompleted", data=b"true", method="POST")
@@ -100,7 +118,7 @@ def test_workflow_opens_in_the_real_frontend_without_missing_nodes_or_overlaps(f
     assert len(nodes) == len(data["nodes"])
     assert not [n["type"] for n in nodes if not n["known"]], "missing node types"
     bad = {n["title"]: n["badWidgets"] for n in nodes if n["badWidgets"]
-           and n["type"] not in ("CheckpointLoaderSimple",)}   # the SDXL checkpoint is not installed here
+           and n["type"] not in MODEL_FILE_LOADERS}
     assert not bad, f"{workflow}: widget values not among their options: {bad}"
     assert not overlaps(nodes), f"{workflow}: overlapping nodes {overlaps(nodes)}"
     too_small = [(n["title"], n["box"][2:], n["min"]) for n in nodes
