@@ -38,6 +38,7 @@ class ToyTrainConfig:
     min_snr_gamma: float = field(default=5.0, metadata={"help": "min-SNR loss weighting γ (0: plain MSE)"})
     prompt_dropout: float = field(default=0.1, metadata={"help": "fraction of empty prompts (for CFG)"})
     omit_style: float = field(default=0.1, metadata={"help": "fraction of prompts that leave the style unnamed"})
+    offset_noise: float = field(default=0.0, metadata={"help": "per-channel constant added to the noise (teaches that a noise offset is not image colour); may change on resume"})
     grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clip"})
     seed: int = field(default=0, metadata={"help": "seed of init, scenes and noise"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads (recorded; results depend on it)"})
@@ -92,6 +93,8 @@ class ToyTrainer:
         g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
         t = torch.randint(0, len(self.alphas_cumprod), (x0.shape[0],), generator=g)
         noise = torch.randn(x0.shape, generator=g)
+        if self.cfg.offset_noise > 0:   # drawn last, so runs without it draw exactly as before
+            noise = noise + self.cfg.offset_noise * torch.randn(x0.shape[0], x0.shape[1], 1, 1, generator=g)
         ab = self.alphas_cumprod[t].view(-1, 1, 1, 1)
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
         eps = self.unet(xt, t.float(), context=self.text(ids))
@@ -160,10 +163,15 @@ class ToyTrainer:
         self.step = int(meta["step"])
         self.seconds = float(meta["seconds"])
         self.schedule = json.loads(meta.get("schedule", json.dumps([[0, saved["steps"]]])))
-        if self.cfg.steps != self.schedule[-1][1]:
+        last = self.schedule[-1]
+        last_offset = last[2] if len(last) > 2 else saved.get("offset_noise", 0.0)
+        if self.cfg.steps != last[1] or self.cfg.offset_noise != last_offset:
             if self.cfg.steps < self.step:
                 raise ConfigError(f"{path}: the run is at step {self.step}, past --steps {self.cfg.steps}")
-            self.schedule.append([self.step, self.cfg.steps])
+            entry = [self.step, self.cfg.steps]
+            if self.cfg.offset_noise:
+                entry.append(self.cfg.offset_noise)   # [from step, schedule length, offset noise]
+            self.schedule.append(entry)
 
 
 def export_weights(ckpt: Path, out: Path, dtype=torch.float16) -> Path:
