@@ -46,16 +46,8 @@ def builders(ns: dict) -> tuple:
 
 
     def sample_and_save(g, model_src, toy, pos, neg, lat, seed, prefix, title, col=3):
-        ks = g.add("KSampler", [seed, "fixed", *TOY_SAMPLER, 1.0], col, title=title)
-        g.link(model_src[0], model_src[1], ks, "model")
-        g.link(pos, 0, ks, "positive")
-        g.link(neg, 0, ks, "negative")
-        g.link(lat, 0, ks, "latent_image")
-        dec = g.add("VAEDecode", [], col + 1)
-        g.link(ks, 0, dec, "samples")
-        g.link(toy, 2, dec, "vae")
-        save = g.add("SaveImage", [prefix], col + 2, title=title)
-        g.link(dec, 0, save, "images")
+        # build_workflows' sampler chain at the toy sampler settings (the toy "VAE" is output 2, as a checkpoint's).
+        return ns["sample_and_save"](g, model_src, toy, pos, neg, lat, seed, prefix, title, sampler=TOY_SAMPLER, col=col)
 
 
     VOCAB_NOTE = ("Toy World words: red green blue yellow / circle square triangle / plain striped checkered dotted "
