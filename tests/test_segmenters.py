@@ -266,7 +266,10 @@ def test_dictionary_cli_runs_the_segmenter_first(tmp_path, models, collection, c
     out = tmp_path / "dict.json"
     args = ["dictionary", "--quiet", "--shards", str(shards), "--sae", str(sae), "--out", str(out),
             "--masks", str(tmp_path / "masks"), "--grounding-dino", str(models["gd"]), "--sam", str(models["sam"]),
-            "--box-threshold", "0", "--text-threshold", "0", "--device", "cpu"]
+            "--box-threshold", "0", "--text-threshold", "0", "--device", "cpu",
+            # random segmenters draw arbitrary masks: a low IoU bar keeps the dictionary non-empty
+            # (an empty one is refused, as it should be)
+            "--iou", "0.01"]
     assert cli.main(args) == 0, capsys.readouterr().err
     assert out.exists() and len(list((tmp_path / "masks").glob("*/segment.json"))) == 4
     assert cli.main(["segment", "--quiet", "--shards", str(shards), "--masks", str(tmp_path / "masks"),
