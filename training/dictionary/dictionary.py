@@ -22,7 +22,7 @@ from ...sae_core.concept_dictionary import ConceptDictionary, SAEConcepts
 from ...sae_core.errors import ConfigError, finite, require
 from ..storage.masks import LAYOUT, image_masks, image_size, mask_coverage
 from ..segment.segment import SegmentConfig, segment_images
-from ..storage.shards import ShardSet, activation_key
+from ..storage.shards import ShardSet
 from .word_vectors import load_word_vectors
 
 
@@ -110,11 +110,7 @@ def build_dictionary(cfg: DictionaryConfig, progress: bool = True,
     load_word_vectors(cfg.word_vectors)   # a bad vectors file is found now, not after the work
     images_dir = Path(cfg.shards) / "images"
     entries = []
-    for e in sae_set:
-        key = activation_key(e.info.block, e.info.t if e.info.t is not None else 1.0, e.info.cond)
-        if key not in shards.keys():
-            continue
-        shards.require_width(key, e, cfg.sae)
+    for _, e, key in shards.held_saes(sae_set, cfg.sae):
         labels: dict[int, list[str]] = defaultdict(list)
         images = list(image_codes(shards, key))
         it = images

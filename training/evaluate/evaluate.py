@@ -19,7 +19,7 @@ from ...sae_core.concept_dictionary import ConceptDictionary
 from ...sae_core.errors import ConfigError, finite, require
 from ..dictionary.dictionary import concept_embeddings, image_codes, iou_matrix
 from ..storage.masks import image_masks, image_size, mask_coverage
-from ..storage.shards import ShardError, ShardSet, activation_key
+from ..storage.shards import ShardError, ShardSet
 from ..dictionary.word_vectors import cosine, embed_label, load_word_vectors
 
 
@@ -180,11 +180,7 @@ def evaluate(cfg: EvaluateConfig) -> list[dict]:
     kv = load_word_vectors(cfg.word_vectors)
     itda_set = load_sae(cfg.itda) if cfg.itda else None
     rows = []
-    for e in sae_set:
-        key = activation_key(e.info.block, e.info.t if e.info.t is not None else 1.0, e.info.cond)
-        if key not in shards.keys():
-            continue
-        shards.require_width(key, e, cfg.sae)
+    for _, e, key in shards.held_saes(sae_set, cfg.sae):
         row = {"block": e.info.block, "block_diffusers": e.info.block_diffusers, "t": e.info.t,
                "cond": e.info.cond, **reconstruction_metrics(e.sae, shards, key)}
         if itda_set is not None:

@@ -18,7 +18,7 @@ from ...sae_core.concept_dictionary import ConceptDictionary
 from ...sae_core.errors import SAEFileError
 from ...sae_core.foreign_formats import read_json
 from ..dictionary.dictionary import image_codes
-from ..storage.shards import ShardSet, activation_key
+from ..storage.shards import ShardSet
 
 # (key, title, bounds): a bounded quantity is clamped into its bounds before it is shown, so
 # float rounding (a cosine of 1.00000003) does not show up as a trend.
@@ -188,12 +188,10 @@ def build_report(out: Path, sae_path, dict_path, metrics_path, eval_shards, mask
     shards = ShardSet.open(eval_shards)
     images_dir = Path(images_dir) if images_dir else Path(eval_shards) / "images"
     sections = []
-    for i, e in enumerate(sae_set):
+    for i, e, key in shards.held_saes(sae_set, sae_path):
         concepts = dictionary.for_sae(e.info.block, e.info.t, e.info.cond)
-        key = activation_key(e.info.block, e.info.t if e.info.t is not None else 1.0, e.info.cond)
-        if concepts is None or key not in shards.keys():
+        if concepts is None:
             continue
-        shards.require_width(key, e, sae_path)
         for card in concept_cards(e, concepts, shards, key, images_dir, out, f"s{i}"):
             sections.append((e.info.label(), card))
     write_text_atomic(out / "index.html", render_html(rows, plots, constant, sections, synthetic_note, truth, smoke))

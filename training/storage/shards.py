@@ -114,6 +114,11 @@ class ShardWriter:
         write_text_atomic(self.manifest_path, json.dumps(self.manifest, indent=1))
 
 
+def sae_key(info) -> str:
+    """The shard key an SAE set entry reads (an SAE without a timestep bucket reads t = 1.0's)."""
+    return activation_key(info.block, info.t if info.t is not None else 1.0, info.cond)
+
+
 @dataclass
 class ShardSet:
     """All finished shards of a collection folder (every rank)."""
@@ -153,6 +158,15 @@ class ShardSet:
         if first is None:
             raise ShardError(f"{self.root}: no activations for {key}; keys present: {self.keys()}")
         return int(self.read(first, key)["acts"].shape[1])
+
+    def held_saes(self, sae_set, sae_file):
+        """(index in the set, entry, shard key) for every SAE of `sae_set` whose (block, t, cond) these
+        shards hold, its width checked against theirs; the others are skipped."""
+        for i, e in enumerate(sae_set):
+            key = sae_key(e.info)
+            if key in self.keys():
+                self.require_width(key, e, sae_file)
+                yield i, e, key
 
     def require_width(self, key: str, sae_entry, sae_file) -> None:
         """The SAE must take vectors of the width the shards hold for its key."""

@@ -188,7 +188,7 @@ def add_style_labels(sae_path, dict_path, shards_dir, masks_dir, out_path) -> Pa
     from ...sae_core import load_sae
     from ...sae_core.concept_dictionary import ConceptDictionary, SAEConcepts
     from ..dictionary.dictionary import image_codes
-    from ..storage.shards import ShardSet, activation_key
+    from ..storage.shards import ShardSet, sae_key
     out_path = Path(out_path)
     if out_path.exists():
         return out_path
@@ -205,7 +205,7 @@ def add_style_labels(sae_path, dict_path, shards_dir, masks_dir, out_path) -> Pa
         old = base.for_sae(e.info.block, e.info.t, e.info.cond)
         concepts = {cid: {"labels": list(c["labels"]), "counts": dict(c["counts"])}
                     for cid, c in (old.concepts.items() if old else [])}
-        key = activation_key(e.info.block, e.info.t if e.info.t is not None else 1.0, e.info.cond)
+        key = sae_key(e.info)
         means, styles = [], []
         for pid, rows, _ in image_codes(shards, key):
             if pid not in style_of:
