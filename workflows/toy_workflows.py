@@ -50,6 +50,13 @@ def builders(ns: dict) -> tuple:
         return ns["sample_and_save"](g, model_src, toy, pos, neg, lat, seed, prefix, title, sampler=TOY_SAMPLER, col=col)
 
 
+    def steered_beside_unsteered(g, steer, toy, pos, neg, lat, seed, name):
+        """The steered image and, with the same seed, the unsteered one, saved side by side."""
+        sample_and_save(g, (steer, 0), toy, pos, neg, lat, seed, f"sae_concepts/toyworld_{name}_steered", "Steered")
+        sample_and_save(g, (toy, 0), toy, pos, neg, lat, seed, f"sae_concepts/toyworld_{name}_unsteered",
+                        "Unsteered (same seed)")
+
+
     VOCAB_NOTE = ("Toy World words: red green blue yellow / circle square triangle / plain striped checkered dotted "
                   "/ and, on, background (e.g. 'red circle and blue square on striped background').")
 
@@ -69,9 +76,7 @@ def builders(ns: dict) -> tuple:
                 f"concepts inside the {s['quadrant']} quadrant at all three blocks during the early window "
                 f"(0-0.4 = the paper's t in [0.6, 1]). beta {s['beta']:g} (times each position's SAE code norm). "
                 f"Runs on a CPU in seconds.\n\n{VOCAB_NOTE}", 2, 260)
-        sample_and_save(g, (steer, 0), toy, pos, neg, lat, s["seed"], "sae_concepts/toyworld_composition_steered", "Steered")
-        sample_and_save(g, (toy, 0), toy, pos, neg, lat, s["seed"], "sae_concepts/toyworld_composition_unsteered",
-                        "Unsteered (same seed)")
+        steered_beside_unsteered(g, steer, toy, pos, neg, lat, s["seed"], "composition")
         g.save("toyworld_composition")
 
 
@@ -87,9 +92,7 @@ def builders(ns: dict) -> tuple:
         note(g, f"Toy World style steering. GlobalStyleSteer pushes the '{s['concept']}' concepts at every position "
                 f"of the three blocks in the middle window (0.4-0.8), beta {s['beta']:g} with normalisation "
                 f"'{s['normalisation']}' (see the README for why).\n\n{VOCAB_NOTE}", 2, 220)
-        sample_and_save(g, (steer, 0), toy, pos, neg, lat, s["seed"], "sae_concepts/toyworld_style_steered", "Steered")
-        sample_and_save(g, (toy, 0), toy, pos, neg, lat, s["seed"], "sae_concepts/toyworld_style_unsteered",
-                        "Unsteered (same seed)")
+        steered_beside_unsteered(g, steer, toy, pos, neg, lat, s["seed"], "style")
         g.save("toyworld_style")
 
 
@@ -129,10 +132,7 @@ def builders(ns: dict) -> tuple:
         note(g, f"Negative steering: the prompt asks for a {s['concept']}; GlobalStyleSteer with beta {s['beta']:g} "
                 f"(normalisation '{s['normalisation']}') pushes its concepts out over the whole trajectory.\n\n"
                 f"{VOCAB_NOTE}", 2, 200)
-        sample_and_save(g, (steer, 0), toy, pos, neg, lat, s["seed"], "sae_concepts/toyworld_suppression_steered",
-                        "Steered")
-        sample_and_save(g, (toy, 0), toy, pos, neg, lat, s["seed"], "sae_concepts/toyworld_suppression_unsteered",
-                        "Unsteered (same seed)")
+        steered_beside_unsteered(g, steer, toy, pos, neg, lat, s["seed"], "suppression")
         g.save("toyworld_suppression")
 
     return (composition, style, concept_map, suppression)
