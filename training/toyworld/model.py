@@ -31,6 +31,12 @@ class ToyModelConfig:
     text_heads: int = 4
     vocab: tuple[str, ...] = field(default_factory=lambda: VOCAB)
     context_length: int = CONTEXT_LENGTH
+    # The model works on (latent - shift) * scale, as SD works on VAE latents x 0.18215: centred
+    # and of unit variance over the world's scenes (pixel mean 0.36, std 0.40 in [-1, 1]).
+    # Uncentred data made the starting noise (mean 0) look like a dark, tinted image to the
+    # model at t = 999, where SD1.x's schedule still keeps 6.8 % of the signal (v1's tint).
+    latent_shift: float = 0.36
+    latent_scale: float = 2.5
 
     @property
     def latent_channels(self) -> int:
@@ -61,6 +67,8 @@ class ToyModelConfig:
         d = json.loads(text)
         d["channel_mult"] = tuple(d["channel_mult"])
         d["vocab"] = tuple(d["vocab"])
+        d.setdefault("latent_shift", 0.0)   # v1 weights: the raw [-1, 1] latent
+        d.setdefault("latent_scale", 1.0)
         return cls(**d)
 
 

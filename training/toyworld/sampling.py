@@ -32,18 +32,29 @@ SHIPPED_WEIGHTS = Path(__file__).parent / "weights" / "toyworld_v1.safetensors"
 DEFAULT_SAMPLER = dict(steps=25, cfg=3.0, sampler_name="ddim", scheduler="ddim_uniform")
 
 
-def toy_latent_format():
-    """ComfyUI LatentFormat of the unshuffled pixels: 12 channels, no scaling; the preview
-    factors average each colour's 4 sub-pixels (latent previews show the image itself)."""
+def toy_latent_format(cfg: ToyModelConfig):
+    """ComfyUI LatentFormat of the unshuffled pixels: 12 channels; the model works on
+    (latent - shift) * scale (process_in, as SD3's format shifts and scales its latents); the
+    preview factors average each colour's 4 sub-pixels, so latent previews show the image."""
     from comfy.latent_formats import LatentFormat
+    shift, scale = cfg.latent_shift, cfg.latent_scale
 
     class ToyWorldLatent(LatentFormat):
         latent_channels = 3 * UNSHUFFLE * UNSHUFFLE
-        scale_factor = 1.0
+        scale_factor = scale
+        shift_factor = shift
 
         def __init__(self):
-            self.latent_rgb_factors = [[0.25 if c == k // (UNSHUFFLE * UNSHUFFLE) else 0.0 for c in range(3)]
+            # preview rgb in [-1, 1] from the model-space x0: mean of 4 sub-pixels, undone scale + shift
+            self.latent_rgb_factors = [[0.25 / scale if c == k // (UNSHUFFLE * UNSHUFFLE) else 0.0 for c in range(3)]
                                        for k in range(self.latent_channels)]
+            self.latent_rgb_factors_bias = [shift] * 3
+
+        def process_in(self, latent):
+            return (latent - self.shift_factor) * self.scale_factor
+
+        def process_out(self, latent):
+            return latent / self.scale_factor + self.shift_factor
     return ToyWorldLatent
 
 
@@ -54,7 +65,7 @@ def toy_model_config(cfg: ToyModelConfig):
     class ToyWorldModel(comfy.supported_models_base.BASE):
         unet_config = {}
         unet_extra_config = {}          # keep the config's own num_heads
-        latent_format = toy_latent_format()
+        latent_format = toy_latent_format(cfg)
         memory_usage_factor = 1.0
         sampling_settings = {"beta_schedule": "linear", "linear_start": 0.00085, "linear_end": 0.012}
 

@@ -38,7 +38,7 @@ class ToyTrainConfig:
     min_snr_gamma: float = field(default=5.0, metadata={"help": "min-SNR loss weighting γ (0: plain MSE)"})
     prompt_dropout: float = field(default=0.1, metadata={"help": "fraction of empty prompts (for CFG)"})
     omit_style: float = field(default=0.1, metadata={"help": "fraction of prompts that leave the style unnamed"})
-    offset_noise: float = field(default=0.0, metadata={"help": "per-channel constant added to the noise (teaches that a noise offset is not image colour); may change on resume"})
+    offset_noise: float = field(default=0.1, metadata={"help": "std of a per-channel constant added to the noise (teaches that a noise offset is not image colour); may change on resume"})
     grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clip"})
     seed: int = field(default=0, metadata={"help": "seed of init, scenes and noise"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads (recorded; results depend on it)"})
@@ -53,15 +53,18 @@ def sd1_alphas_cumprod() -> torch.Tensor:
     return torch.cumprod(1.0 - betas, dim=0).float()
 
 
-def make_batch(cfg: ToyTrainConfig, step: int, batch_size: int | None = None):
-    """(latents x0 [B,12,24,24], token ids [B,L]) of training batch `step` (deterministic)."""
+def make_batch(cfg: ToyTrainConfig, step: int, batch_size: int | None = None,
+               model_cfg: ToyModelConfig | None = None):
+    """(model-space latents x0 [B,12,24,24], token ids [B,L]) of training batch `step`
+    (deterministic); model space = (latent - shift) * scale, ComfyUI's process_in."""
+    m = model_cfg or ToyModelConfig()
     rng = np.random.default_rng([cfg.seed, step])
     images, ids = [], []
     for _ in range(batch_size or cfg.batch_size):
         scene = sample_scene(rng, name_style_p=1.0 - cfg.omit_style)
         images.append(render(scene).image)
         ids.append(tokenize("" if rng.random() < cfg.prompt_dropout else scene.prompt))
-    x0 = image_to_latent(torch.from_numpy(np.stack(images)))
+    x0 = (image_to_latent(torch.from_numpy(np.stack(images))) - m.latent_shift) * m.latent_scale
     return x0, torch.tensor(ids, dtype=torch.long)
 
 
@@ -89,7 +92,7 @@ class ToyTrainer:
         return c.lr * (c.lr_floor + (1 - c.lr_floor) * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
 
     def loss_on(self, step: int) -> torch.Tensor:
-        x0, ids = make_batch(self.cfg, step)
+        x0, ids = make_batch(self.cfg, step, model_cfg=self.model_cfg)
         g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
         t = torch.randint(0, len(self.alphas_cumprod), (x0.shape[0],), generator=g)
         noise = torch.randn(x0.shape, generator=g)
