@@ -13,6 +13,7 @@ from pathlib import Path
 from ..sae_core.errors import SAEConceptsError
 
 PLUGIN_ROOT = Path(__file__).resolve().parents[1]
+IMPORT_STAND_INS = Path(__file__).resolve().parent / "import_stand_ins"
 
 
 class ComfyUINotFound(SAEConceptsError, RuntimeError):
@@ -58,8 +59,35 @@ def import_comfy(cpu: bool | None = None, extra_sys_paths: tuple[str, ...] = ())
         args.cpu = (not torch.cuda.is_available()) if cpu is None else cpu
         args.use_pytorch_cross_attention = True
         logging.getLogger().addFilter(_optional_feature_notices)
+        if not torchvision_works():
+            use_torchvision_stand_in()
     import comfy.model_management  # noqa: F401  (initialises devices with the args above)
     return root
+
+
+def torchvision_works() -> bool:
+    """Whether a real torchvision imports here (a CUDA-only wheel beside a CPU torch fails)."""
+    import importlib.util
+    mod = sys.modules.get("torchvision")
+    if mod is not None:
+        return not getattr(mod, "SAE_CONCEPTS_STAND_IN", False)
+    if importlib.util.find_spec("torchvision") is None:
+        return False
+    try:
+        import torchvision  # noqa: F401
+        return True
+    except Exception:   # noqa: BLE001 - any failure to import means: no usable torchvision
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]   # a half-imported broken package must not shadow the stand-in
+        return False
+
+
+def use_torchvision_stand_in() -> None:
+    """Make `import torchvision` succeed with the stand-in (host/import_stand_ins: every attribute
+    raises), so ComfyUI's model code imports in a headless process without torchvision. Only
+    the CLI, benchmarks and tests host ComfyUI this way; a ComfyUI server never runs this."""
+    if str(IMPORT_STAND_INS) not in sys.path:
+        sys.path.insert(0, str(IMPORT_STAND_INS))   # first: ahead of a broken installed wheel
 
 
 # ComfyUI logs these at import when optional packages are absent; they concern features a

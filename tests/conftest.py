@@ -8,7 +8,11 @@ import pytest
 
 from sae_concepts.host.comfy_env import candidate_paths, find_comfyui
 
-PLACEHOLDER = str(Path(__file__).parent / "host_support" / "torchvision_placeholder")
+from sae_concepts.host.comfy_env import IMPORT_STAND_INS
+
+# torchvision's import stand-in (shipped: host/import_stand_ins), for subprocesses and servers
+# the tests start when no real torchvision imports here.
+PLACEHOLDER = str(IMPORT_STAND_INS)
 COMFY_ROOT = find_comfyui()
 SKIP_REASON = ("NO COMFYUI: host tests skipped. Export ComfyUI v0.8.0 to ~/comfy/ComfyUI or set "
                f"COMFYUI_PATH (looked in {', '.join(map(str, candidate_paths()))})")

@@ -147,7 +147,7 @@ def comfyui_smoke_run(out: Path, mode: str, progress: bool) -> dict | None:
     from ...host.random_checkpoint import cached_random_sd1_checkpoint
     try:
         import_comfy()
-        import comfy.sample  # noqa: F401  (imports ComfyUI's model code, which needs e.g. torchvision)
+        import comfy.sample  # noqa: F401  (imports ComfyUI's model code; torchvision, if missing, gets the stand-in)
     except ImportError as e:
         if mode == "on":
             raise

@@ -29,7 +29,7 @@ def toy_world_unavailable(weights: Path = SHIPPED_WEIGHTS) -> str | None:
         return f"the Toy World weights {weights} are missing"
     try:
         import_comfy(cpu=True)
-        import comfy.model_base  # noqa: F401  (ComfyUI's model code; needs e.g. torchvision)
+        import comfy.model_base  # noqa: F401  (ComfyUI's model code; torchvision, if missing, gets the stand-in)
     except Exception as e:  # noqa: BLE001 - any import failure means: no toy world here
         return f"ComfyUI cannot be imported here ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
     return None

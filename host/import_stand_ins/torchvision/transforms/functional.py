@@ -1,0 +1,5 @@
+"""NOT torchvision.transforms.functional: an import stand-in (see the package docstring)."""
+
+
+def __getattr__(name):
+    raise AttributeError(f"torchvision is not installed (sae-concepts import stand-in): functional.{name} is not available")
