@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..sae_core import SAESet
-from ..sae_core.errors import ConfigError, finite
+from ..sae_core.errors import ConceptNotLabelledError, ConfigError, finite
 from ..sae_core.interventions import NORMALISATIONS, activation_addition, global_steer, sdlens_paint, spatial_steer
 from ..sae_core.sae_set import select_entry
 from ..host.block_patch import BlockCall, StepClock, TimestepWindow, patch_block
@@ -100,8 +100,8 @@ class ConceptSteerEdit:
             if not any(self._ids_for(e) for e in entries):
                 from .concept_choice import nearest_labels
                 labels = sorted({lab for e in entries for lab in self._block_labels(e)})
-                raise ConfigError(f"no concept of block {block} is labelled {self.words}; nearest labels the "
-                                 f"dictionary has there: {nearest_labels(self.words[0], labels)}")
+                raise ConceptNotLabelledError(f"no concept of block {block} is labelled {self.words}; nearest "
+                                              f"labels the dictionary has there: {nearest_labels(self.words[0], labels)}")
         else:
             for e in entries:
                 bad = [i for i in self.ids if not 0 <= i < e.sae.n_latents]
@@ -203,10 +203,26 @@ class ConceptSteerEdit:
 def steer_model(model, sae_set: SAESet, block: str, concept: str, kind: str, beta: float, start_percent: float,
                 end_percent: float, rows: str, mask=None, mode: str = "paper", normalisation: str = "sum"):
     """Validate everything, then patch each block the steer applies to. Returns (model, edits)."""
-    edits = {}
-    for path, entries in sae_groups(model, sae_set, block).items():
-        edits[path] = ConceptSteerEdit(model, path, entries, sae_set, concept, kind, beta, start_percent,
-                                       end_percent, rows, mask=mask, mode=mode, normalisation=normalisation)
+    edits, unlabelled = {}, []
+    groups = sae_groups(model, sae_set, block)
+    for path, entries in groups.items():
+        try:
+            edits[path] = ConceptSteerEdit(model, path, entries, sae_set, concept, kind, beta, start_percent,
+                                           end_percent, rows, mask=mask, mode=mode, normalisation=normalisation)
+        except ConceptNotLabelledError as e:
+            # With every block ("auto"), a word steers where the dictionary knows it: a block whose
+            # concepts carry other labels (e.g. a mid block that holds only style concepts) is left
+            # alone, as the paper steers only the blocks that have the concept. Asked for one block,
+            # or known nowhere, it stays an error.
+            if len(groups) == 1:
+                raise
+            unlabelled.append(str(e))
+    if not edits:
+        raise ConceptNotLabelledError(f"no block of the SAE set has a concept labelled {concept!r}: "
+                                      + "; ".join(unlabelled))
+    if unlabelled:
+        log.info(f"steering {concept!r} at {sorted(edits)}; skipped {len(unlabelled)} block(s) whose dictionary "
+                 f"has no such label: " + "; ".join(unlabelled))
     for path, edit in edits.items():
         model = patch_block(model, path, edit, quantity=edit.quantity)
     attach_saes(model, [e.sae for edit in edits.values() for e in edit.entries])

@@ -29,6 +29,10 @@ class SAEFileError(SAEConceptsError, ValueError):
         super().__init__(f"{path}: {problem}")
 
 
+class ConceptNotLabelledError(ConfigError):
+    """A concept asked by word that the dictionary gives no concept of a block."""
+
+
 class DictionaryMismatchError(SAEConceptsError, ValueError):
     """A concept dictionary used with an SAE set other than the one it was built from."""
 

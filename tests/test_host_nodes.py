@@ -453,3 +453,25 @@ def test_load_sae_refuses_a_foreign_file_without_a_block_listing_the_valid_ones(
     assert "is not one of" in load.validate_inputs("my_sdlens/state_dict.pth", "none", "sd3 joint_blocks.0")
     loaded = out(load.execute("my_sdlens/state_dict.pth", "none", "sdxl up_blocks.0.attentions.1"))[0]
     assert loaded.entries[0].info.block == "output_blocks.1.1"
+
+
+def test_auto_steers_a_word_only_where_the_dictionary_has_it(tiny_model, caplog):
+    """With every block ("auto"), a block whose dictionary lacks the word is skipped (logged) and the
+    others are steered; a word no block knows is an error naming the word."""
+    from sae_concepts.nodes.steering import AUTO, steer_model
+    other = "input_blocks.8.1"
+    s = SAESet([SAEEntry(make_sae(seed=0), SAEInfo(block=BLOCK, t=None, cond="both")),
+                SAEEntry(make_sae(seed=1), SAEInfo(block=other, t=None, cond="both"))])
+    s.dictionary = ConceptDictionary([
+        SAEConcepts(BLOCK, None, "both", {3: {"labels": ["dog"], "counts": {"dog": 1}}}),
+        SAEConcepts(other, None, "both", {5: {"labels": ["striped"], "counts": {"striped": 1}}})])
+    with caplog.at_level(logging.INFO, logger="sae_concepts"):
+        _, edits = steer_model(tiny_model, s, AUTO, "dog", "global", 10.0, 0.0, 1.0, "both")
+    assert list(edits) == [BLOCK]
+    assert "skipped 1 block(s)" in caplog.text and other in caplog.text
+    _, edits = steer_model(tiny_model, s, AUTO, "striped", "global", 10.0, 0.0, 1.0, "both")
+    assert list(edits) == [other]
+    with pytest.raises(ValueError, match="no block of the SAE set has a concept labelled 'zebra'"):
+        steer_model(tiny_model, s, AUTO, "zebra", "global", 10.0, 0.0, 1.0, "both")
+    with pytest.raises(ValueError, match=r"no concept of block input_blocks.8.1 is labelled \['dog'\]"):
+        steer_model(tiny_model, s, other, "dog", "global", 10.0, 0.0, 1.0, "both")

@@ -20,8 +20,8 @@ from workflow_convert import ui_to_api  # noqa: E402
 
 TOY_SAE = "toyworld_test_sae.safetensors"
 TOY_DICT = "toyworld_test_dictionary.json"
-SHIPPED_SAE = "toyworld_v1_sae_set.safetensors"          # what the toy workflows load
-SHIPPED_DICT = "toyworld_v1_concept_dictionary.json"
+SHIPPED_SAE = "toyworld_v2_sae_set.safetensors"          # what the toy workflows load
+SHIPPED_DICT = "toyworld_v2_concept_dictionary.json"
 REPO = Path(__file__).resolve().parent.parent
 TOY_WORKFLOWS = sorted((REPO / "workflows").glob("toyworld_*.json"))
 
@@ -68,11 +68,11 @@ def write_toy_models(base: Path, weights: Path) -> str:
     sae_dir.mkdir(parents=True)
     given = override_files()
     if given is not None:          # trained files under the names the toy workflows load
-        (base / "models" / "toyworld" / "toyworld_v1.safetensors").symlink_to(given[0].resolve())
+        (base / "models" / "toyworld" / "toyworld_v2.safetensors").symlink_to(given[0].resolve())
         (sae_dir / SHIPPED_SAE).symlink_to(given[1].resolve())
         (sae_dir / SHIPPED_DICT).symlink_to(given[2].resolve())
     elif not shipped_toy_files():  # the toy workflows name the shipped files: stand-ins of the same names
-        (base / "models" / "toyworld" / "toyworld_v1.safetensors").symlink_to(weights)
+        (base / "models" / "toyworld" / "toyworld_v2.safetensors").symlink_to(weights)
         write_random_toy_sae(sae_dir, SHIPPED_SAE, SHIPPED_DICT)
     write_random_toy_sae(sae_dir, TOY_SAE, TOY_DICT)
     return "toy_under_test.safetensors"

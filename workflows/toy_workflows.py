@@ -9,9 +9,9 @@ from __future__ import annotations
 
 TOY_LOAD, TOY_LATENT, QUADRANT = ("SAEConcepts_LoadToyWorld", "SAEConcepts_ToyWorldEmptyLatent",
                                   "SAEConcepts_QuadrantMask")
-WEIGHTS = "toyworld_v1.safetensors"
-TOY_SAE = "toyworld_v1_sae_set.safetensors"
-TOY_DICTIONARY = "toyworld_v1_concept_dictionary.json"
+WEIGHTS = "toyworld_v2.safetensors"
+TOY_SAE = "toyworld_v2_sae_set.safetensors"
+TOY_DICTIONARY = "toyworld_v2_concept_dictionary.json"
 TOY_SOCKETS = {TOY_LOAD: ([], [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
                TOY_LATENT: ([], [("LATENT", "LATENT")]), QUADRANT: ([], [("MASK", "MASK")])}
 TOY_SIZES = {TOY_LOAD: (320, 60), TOY_LATENT: (320, 110), QUADRANT: (320, 110)}
@@ -22,7 +22,9 @@ SETTINGS = {
                         prompt="yellow triangle on checkered background", seed=4),
     "style": dict(concept="striped", beta=8.0, normalisation="mean", window=(0.4, 0.8),
                   prompt="green triangle on plain background", seed=2),
-    "concept_map": dict(concept="red circle", prompt="red circle and blue triangle on dotted background", seed=3),
+    # down block: on Toy World v2 the mid block's concepts are all background styles (README)
+    "concept_map": dict(concept="red circle", block="input_blocks.8.1",
+                        prompt="red circle and blue triangle on dotted background", seed=3),
     "suppression": dict(concept="red circle", beta=-64.0, normalisation="mean", window=(0.0, 1.0),
                         prompt="red circle and blue triangle on plain background", seed=5),
 }
@@ -91,7 +93,9 @@ def builders(ns: dict) -> tuple:
         g.link(sae, 0, steer, "sae")
         note(g, f"Toy World style steering. GlobalStyleSteer pushes the '{s['concept']}' concepts at every position "
                 f"of the three blocks in the middle window (0.4-0.8), beta {s['beta']:g} with normalisation "
-                f"'{s['normalisation']}' (see the README for why).\n\n{VOCAB_NOTE}", 2, 220)
+                f"'{s['normalisation']}' (see the README for why). On Toy World v2 no beta or normalisation measured "
+                f"changed the detected style (README, style table): this graph shows the wiring, not a working "
+                f"style edit.\n\n{VOCAB_NOTE}", 2, 240)
         steered_beside_unsteered(g, steer, toy, pos, neg, lat, s["seed"], "style")
         g.save("toyworld_style")
 
@@ -101,7 +105,7 @@ def builders(ns: dict) -> tuple:
         g = Graph()
         toy, pos, neg, lat = toy_base(g, s["prompt"])
         sae = g.add(LOAD, [TOY_SAE, TOY_DICTIONARY, "from file"], 0)
-        cm = g.add(CMAP, [s["seed"], "fixed", *TOY_SAMPLER, 0.0, "middle_block.1", s["concept"], "0", True, 10, True],
+        cm = g.add(CMAP, [s["seed"], "fixed", *TOY_SAMPLER, 0.0, s["block"], s["concept"], "0", True, 10, True],
                    2, title="Concept map at the first step (t = 1)")
         for name, src in (("model", (toy, 0)), ("sae", (sae, 0)), ("positive", (pos, 0)), ("negative", (neg, 0)),
                           ("latent_image", (lat, 0))):
@@ -113,8 +117,9 @@ def builders(ns: dict) -> tuple:
         msave = g.add("SaveImage", ["sae_concepts/toyworld_concept_mask"], 4, title=f"Where '{s['concept']}' is at t = 1")
         g.link(m2i, 0, msave, "images")
         note(g, "Concept map on the Toy World: ConceptMapPreview stops at the first step (pure noise, the paper's "
-                "t = 1.0) and shows the strongest SAE concept at each mid-block position; the final image (same "
-                f"seed) shows where the objects ended up.\n\n{VOCAB_NOTE}", 0, 220)
+                f"t = 1.0) and shows the strongest SAE concept at each position of {s['block']} (the down block: on "
+                f"this model the mid block's concepts are all background styles); the final image (same seed) shows "
+                f"where the objects ended up.\n\n{VOCAB_NOTE}", 0, 220)
         sample_and_save(g, (toy, 0), toy, pos, neg, lat, s["seed"], "sae_concepts/toyworld_concept_map_final",
                         "Final image (same seed)", col=5)
         g.save("toyworld_concept_map")
