@@ -89,24 +89,14 @@ def sample_scene(rng: np.random.Generator, n_objects: int | None = None, style: 
         raise ConfigError(f"n_objects must be 1..{MAX_OBJECTS}, got {n}")
     style = STYLES[int(rng.integers(len(STYLES)))] if style is None else style
     colours, shapes = list(COLOURS), list(SHAPES)
-    objects: list[ToyObject] = []
-    attempts = 0
-    while len(objects) < n:
-        attempts += 1
-        if attempts > MAX_ATTEMPTS:
-            # A large first object near the centre leaves no room for a second one: the loop
-            # would never end. Start the scene's objects over (rare, so earlier draws keep).
-            objects, attempts = [], 0
-        size = int(rng.integers(SIZE_RANGE[0], SIZE_RANGE[1] + 1))
-        top = int(rng.integers(0, IMAGE_SIZE - size + 1))
-        left = int(rng.integers(0, IMAGE_SIZE - size + 1))
+
+    def any_new_object(rng, placed):
         colour = colours[int(rng.integers(len(colours)))]
         shape = shapes[int(rng.integers(len(shapes)))]
-        if any(_too_close(top, left, size, o) for o in objects):
-            continue   # rejection: redraw everything for this object (keeps positions uniform)
-        if any(o.colour == colour and o.shape == shape for o in objects):
-            continue   # two identical objects would make "red circle and red circle" prompts
-        objects.append(ToyObject(colour, shape, size, top, left))
+        if any(o.colour == colour and o.shape == shape for o in placed):
+            return None   # two identical objects would make "red circle and red circle" prompts
+        return colour, shape
+    objects = _place_objects(rng, n, any_new_object)
     name_style = bool(rng.random() < name_style_p)
     return Scene(tuple(objects), style, name_style)
 
@@ -119,20 +109,31 @@ def scene_from_prompt(prompt: str, rng: np.random.Generator) -> Scene:
         raise ConfigError(f"toy prompt {prompt!r} names {len(wanted)} objects; expected 1..{MAX_OBJECTS}")
     named = style is not None
     style = style or STYLES[int(rng.integers(len(STYLES)))]
+    objects = _place_objects(rng, len(wanted), lambda rng, placed: wanted[len(placed)])
+    return Scene(tuple(objects), style, named)
+
+
+def _place_objects(rng: np.random.Generator, n: int, choose) -> list[ToyObject]:
+    """n objects at free, non-overlapping positions. For each try: size and position are drawn,
+    then `choose(rng, placed)` gives (colour, shape) or None to reject the try; a try too close to
+    a placed object is redrawn whole (keeps positions uniform). After MAX_ATTEMPTS tries for one
+    object (a large first object near the centre can leave no room) the scene starts over; rare,
+    so earlier draws keep. The rng is drawn in this order on purpose: scenes are part of the
+    training recipe and of the held-out evaluation prompts."""
     objects: list[ToyObject] = []
     attempts = 0
-    while len(objects) < len(wanted):
+    while len(objects) < n:
         attempts += 1
         if attempts > MAX_ATTEMPTS:
             objects, attempts = [], 0
         size = int(rng.integers(SIZE_RANGE[0], SIZE_RANGE[1] + 1))
         top = int(rng.integers(0, IMAGE_SIZE - size + 1))
         left = int(rng.integers(0, IMAGE_SIZE - size + 1))
-        if any(_too_close(top, left, size, o) for o in objects):
+        picked = choose(rng, objects)
+        if any(_too_close(top, left, size, o) for o in objects) or picked is None:
             continue
-        colour, shape = wanted[len(objects)]
-        objects.append(ToyObject(colour, shape, size, top, left))
-    return Scene(tuple(objects), style, named)
+        objects.append(ToyObject(picked[0], picked[1], size, top, left))
+    return objects
 
 
 def _too_close(top, left, size, o: ToyObject) -> bool:
