@@ -136,8 +136,8 @@ def test_schedule_can_be_extended_on_resume_and_is_recorded(comfy, tmp_path):
     from sae_concepts.training.toyworld.train import train
     train(_tiny_train_cfg(tmp_path), progress=False, stop_after=2)
     a = train(_tiny_train_cfg(tmp_path, steps=6), progress=False, stop_after=1)
-    assert a.step == 3 and a.schedule == [[0, 4], [2, 6]]
+    assert a.step == 3 and a.schedule == [[0, 4], [2, 6, 0.1]]   # offset noise (default 0.1) recorded with an extension
     b = train(_tiny_train_cfg(tmp_path, steps=6), progress=False, stop_after=1)   # same length: no new entry
-    assert b.step == 4 and b.schedule == [[0, 4], [2, 6]]
+    assert b.step == 4 and b.schedule == [[0, 4], [2, 6, 0.1]]
     with pytest.raises(ValueError, match="past --steps"):
         train(_tiny_train_cfg(tmp_path, steps=3), progress=False)
