@@ -133,7 +133,8 @@ def cmd_evaluate(a) -> int:
 
 def cmd_report(a) -> int:
     from .report.report import build_report
-    page = build_report(Path(a.out), a.sae, a.dictionary, a.metrics, a.shards, images_dir=a.images or None)
+    page = build_report(Path(a.out), a.sae, a.dictionary, a.metrics, a.shards, images_dir=a.images or None,
+                        provenance_shards=a.provenance_shards or None)
     print(f"report: {page}")
     return 0
 
@@ -206,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--metrics", required=True, help="metrics.json from evaluate")
     rp.add_argument("--shards", required=True, help="evaluation collection folder (for patches and maps)")
     rp.add_argument("--images", default="", help="folder of <id>.png images (default: <shards>/images)")
+    rp.add_argument("--provenance-shards", default="", help="for an ITDA set: the collection it was built from, "
+                    "whose images show each atom's source patch (default: the folder its file names)")
     rp.add_argument("--out", default="report", help="report folder")
     rp.set_defaults(func=cmd_report)
     i = sub.add_parser("info", help="describe an SAE file or folder in any supported format")

@@ -71,7 +71,10 @@ def build_itda_set(cmd: ItdaCommandConfig, progress: bool = True) -> list[SAEEnt
                           if sh.get("blocks_diffusers")), "")
         info = SAEInfo(model_family=shards.config.get("model_family", "sd1"), block=block, block_diffusers=diffusers,
                        t=t, cond=cond, quantity=shards.config.get("quantity", "delta"), source_format="itda",
-                       training=summary)
+                       # Where the atoms came from: the report draws each atom's source patch from
+                       # this collection's images (its prompt ids and token positions index it).
+                       training={**summary, "shards": str(Path(cmd.shards).resolve()),
+                                 "shards_fingerprint": shards.fingerprint()})
         entries.append(SAEEntry(itda, info))
         save_itda_set(cmd.out, entries)   # grows as dictionaries finish
         if progress:

@@ -1,6 +1,7 @@
 """`sae-concepts report`: a static HTML report: metrics in the paper's shape, plots, and one
 card per labelled concept (labels, top-activating image patches, activation map), searchable
-by word."""
+by word. An ITDA set's atoms are concepts whose first label is where they came from: their
+cards open with the source image and patch (from the collection the set was built from)."""
 from __future__ import annotations
 
 import html
@@ -15,8 +16,9 @@ import torch.nn.functional as F
 from ...sae_core import load_sae
 from ...sae_core.atomic import check_writable, write_text_atomic
 from ...sae_core.concept_dictionary import ConceptDictionary
-from ...sae_core.errors import SAEFileError
+from ...sae_core.errors import SAEConceptsError, SAEFileError
 from ...sae_core.foreign_formats import read_json
+from ...sae_core.itda import ItdaDictionary
 from ..dictionary.dictionary import image_codes
 from ..storage.shards import ShardSet
 
@@ -101,6 +103,7 @@ def _img(path: Path):
 
 TILE = 112          # px of each picture on a concept card
 CAPTION = 30        # px of caption under each picture (two lines)
+OUTLINE = (1.0, 0.1, 0.1)   # colour of an ITDA atom's source token on its pictures
 
 
 def _font(size: int):
@@ -132,8 +135,13 @@ def card_image(title: str, subtitle: str, tiles: list[tuple[torch.Tensor, str, s
 
 
 def concept_cards(sae_entry, concepts, shards: ShardSet, key: str, images_dir: Path, out: Path, tag: str,
-                  max_cards: int = 40, patches: int = 3) -> list[dict]:
-    labelled = sorted(concepts.concepts, key=lambda c: -len(concepts.concepts[c]["labels"]))[:max_cards]
+                  max_cards: int = 40, patches: int = 3, ids: list[int] | None = None,
+                  provenance: "Provenance | None" = None) -> list[dict]:
+    """One card per labelled concept (or per id of `ids`). With `provenance` (an ITDA set's), an
+    atom's first label and first pictures are the patch it was taken from."""
+    if ids is None:
+        ids = sorted(concepts.concepts, key=lambda c: -len(concepts.concepts[c]["labels"]))[:max_cards]
+    labelled = list(ids)
     if not labelled:
         return []
     ids = torch.tensor(labelled)
@@ -150,6 +158,10 @@ def concept_cards(sae_entry, concepts, shards: ShardSet, key: str, images_dir: P
     for c in labelled:
         top = sorted(best[c], key=lambda x: -x[0])[:patches]
         tiles = []
+        source_label = ""
+        if provenance is not None:
+            source_label, source_tiles = provenance.describe(sae_entry, c)
+            tiles += source_tiles
         for j, (strength, pid, m) in enumerate(top):
             img = _img(images_dir / f"{pid:06d}.png")
             if img is None:
@@ -165,18 +177,130 @@ def concept_cards(sae_entry, concepts, shards: ShardSet, key: str, images_dir: P
             r = max(H // h, W // w) * 2
             crop = img[max(0, cy - r):cy + r, max(0, cx - r):cx + r]
             tiles.append((crop, f"top patch {j + 1}", f"image {pid}, act {strength:.2f}"))
-        counts = concepts.concepts[c]["counts"]
-        labels = concepts.labels(c)
-        title = f"concept {c}: " + (", ".join(f"{lab} ({counts.get(lab, 0)})" for lab in labels[:4]) or "no label")
+        known = concepts is not None and c in concepts.concepts
+        counts = concepts.concepts[c]["counts"] if known else {}
+        labels = concepts.labels(c) if known else []
         name = f"{tag}_c{c}.png"
-        subtitle = f"{key.replace('|', '  ')}    label (held-out images where it matched)"
-        card_image(title, subtitle, tiles).save(out / name)
-        cards.append({"cid": c, "labels": labels, "counts": counts, "files": [name]})
+        if provenance is not None:
+            title = f"atom {c}: {source_label.split(':')[0]}" + (f"; {', '.join(labels[:3])}" if labels else "")
+            prompt = source_label.split(": ", 1)[1] if ": " in source_label else ""
+            subtitle = f"{key.replace('|', '  ')}    {prompt}"
+            labels = [source_label] + labels
+        else:
+            title = f"concept {c}: " + (", ".join(f"{lab} ({counts.get(lab, 0)})" for lab in labels[:4]) or "no label")
+            subtitle = f"{key.replace('|', '  ')}    label (held-out images where it matched)"
+        card_image(title[:90], subtitle[:110], tiles).save(out / name)
+        cards.append({"cid": c, "labels": labels, "counts": counts, "files": [name],
+                      "kind": "atom" if provenance is not None else "concept"})
     return cards
 
 
+def _boxed(img: torch.Tensor, box: tuple[float, float, float, float], size: int = TILE) -> torch.Tensor:
+    """img [H, W, 3] resized to size x size with the box (y0, x0, y1, x1, in img pixels) outlined in
+    red, 2 px wide at the tile's size (drawn after resizing, so a small patch stays visible)."""
+    H, W = img.shape[:2]
+    tile = F.interpolate(img.permute(2, 0, 1)[None], size=(size, size), mode="nearest")[0].permute(1, 2, 0).clone()
+    y0, x0 = int(box[0] * size / H), int(box[1] * size / W)
+    y1, x1 = max(y0 + 3, int(round(box[2] * size / H))), max(x0 + 3, int(round(box[3] * size / W)))
+    y0, x0, y1, x1 = max(0, y0), max(0, x0), min(size, y1), min(size, x1)
+    red = torch.tensor(OUTLINE)
+    for ys, xs in ((slice(y0, y0 + 2), slice(x0, x1)), (slice(y1 - 2, y1), slice(x0, x1)),
+                   (slice(y0, y1), slice(x0, x0 + 2)), (slice(y0, y1), slice(x1 - 2, x1))):
+        tile[ys, xs] = red
+    return tile
+
+
+def grid_picture(h: int, w: int, r: int, c: int, size: int = TILE) -> torch.Tensor:
+    """A size x size picture of an h x w token grid with cell (r, c) filled: where a token sits when
+    its image is not at hand."""
+    pic = torch.full((size, size, 3), 0.93)
+    ys = [int(i * size / h) for i in range(h + 1)]
+    xs = [int(i * size / w) for i in range(w + 1)]
+    if h <= size // 4 and w <= size // 4:   # lines only where cells stay a few pixels wide
+        for y in ys[1:-1]:
+            pic[y, :] = 0.7
+        for x in xs[1:-1]:
+            pic[:, x] = 0.7
+    pic[ys[r]:max(ys[r + 1], ys[r] + 1), xs[c]:max(xs[c + 1], xs[c] + 1)] = torch.tensor(OUTLINE)
+    return pic
+
+
+class Provenance:
+    """Where an ITDA set's atoms came from, read from the collection it was built from: each atom's
+    prompt id (its text and image) and token position (its cell on the block's grid)."""
+
+    def __init__(self, source: ShardSet | None, why_not: str = ""):
+        self.source, self.why_not = source, why_not
+        self.prompts: dict[int, tuple[str, dict]] = {}
+        if source is not None:
+            for sh in source.shards:
+                texts = sh.get("prompts") or []
+                for i, pid in enumerate(sh.get("prompt_ids", [])):
+                    self.prompts[int(pid)] = (texts[i] if i < len(texts) else "", sh.get("grids", {}))
+
+    @classmethod
+    def for_entry(cls, entry, given: str | Path | None) -> "Provenance":
+        """The collection `given`, else the one the ITDA file names (if it is still there); a
+        collection that changed since the set was built is used with a warning in why_not."""
+        recorded = entry.info.training.get("shards", "")
+        where = Path(given) if given else Path(recorded) if recorded else None
+        if where is None:
+            return cls(None, "the ITDA file does not name its collection (built before it did): "
+                             "pass --provenance-shards")
+        try:
+            source = ShardSet.open(where)
+        except SAEConceptsError as e:
+            return cls(None, f"its collection {where} cannot be opened ({e}): pass --provenance-shards")
+        fp = entry.info.training.get("shards_fingerprint")
+        warn = (f"{where} changed since the ITDA set was built (fingerprint {source.fingerprint()}, built from {fp}): "
+                f"an image shown may not be its atom's source" if fp and fp != source.fingerprint() else "")
+        return cls(source, warn)
+
+    def describe(self, entry, atom: int) -> tuple[str, list[tuple[torch.Tensor, str, str]]]:
+        """(label "image P, t=T, token (r, c) of h x w: prompt", pictures): the source image with
+        the token's cell outlined and the cell enlarged with one cell around it; without the
+        image, the cell on the grid; without the collection, the label only."""
+        src = entry.sae.provenance(atom)
+        pid, pos, t, block = src["prompt"], src["pos"], entry.info.t, entry.info.block
+        prompt, grids = self.prompts.get(pid, ("", {}))
+        grid = grids.get(block)
+        where = f"token {pos}"
+        if grid:
+            h, w = int(grid[0]), int(grid[1])
+            r, c = divmod(pos, w)
+            where = f"token ({r}, {c}) of {h}x{w}"
+        t_text = f", t={t:g}" if t is not None else ""
+        label = f"from image {pid}{t_text}, {where}" + (f": {prompt}" if prompt else "")
+        if self.source is None or not grid:
+            return label, []
+        img = _img(self.source.root / "images" / f"{pid:06d}.png")
+        if img is None:
+            return label, [(grid_picture(h, w, r, c), "source token", f"image {pid} not saved")]
+        H, W = img.shape[:2]
+        cy, cx = H / h, W / w
+        cell = (r * cy, c * cx, (r + 1) * cy, (c + 1) * cx)
+        y0, x0 = int(max(0, (r - 1) * cy)), int(max(0, (c - 1) * cx))
+        y1, x1 = int(min(H, (r + 2) * cy)), int(min(W, (c + 2) * cx))
+        zoom = _boxed(img[y0:y1, x0:x1], (cell[0] - y0, cell[1] - x0, cell[2] - y0, cell[3] - x0))
+        return label, [(_boxed(img, cell), "source image", f"image {pid}{t_text}"),
+                       (zoom, "source patch", f"token ({r}, {c})")]
+
+
+def atom_usage(sae, shards: ShardSet, key: str) -> torch.Tensor:
+    """How many of the key's vectors use each atom (value > 0): which unlabelled atoms get cards."""
+    used = torch.zeros(sae.n_latents)
+    for _, rows, _ in image_codes(shards, key):
+        with torch.no_grad():
+            code = sae.encode(rows)
+        used.scatter_add_(0, code.indices[code.values > 0], torch.ones(int((code.values > 0).sum())))
+    return used
+
+
 def build_report(out: Path, sae_path, dict_path, metrics_path, eval_shards, masks_dir=None, images_dir=None,
-                 synthetic_note: str = "", truth: list | None = None, smoke: dict | None = None) -> Path:
+                 synthetic_note: str = "", truth: list | None = None, smoke: dict | None = None,
+                 provenance_shards=None, max_cards: int = 40) -> Path:
+    """`provenance_shards`: the collection an ITDA set was built from (default: the one its file
+    names), for its atoms' source patches."""
     out = check_writable(out, "--out")
     rows = read_json(Path(metrics_path)).get("rows")
     if not isinstance(rows, list) or not rows:
@@ -187,14 +311,30 @@ def build_report(out: Path, sae_path, dict_path, metrics_path, eval_shards, mask
     plots, constant = plot_metrics(rows, out)
     shards = ShardSet.open(eval_shards)
     images_dir = Path(images_dir) if images_dir else Path(eval_shards) / "images"
-    sections = []
+    sections, notes = [], []
     for i, e, key in shards.held_saes(sae_set, sae_path):
         concepts = dictionary.for_sae(e.info.block, e.info.t, e.info.cond)
-        if concepts is None:
+        provenance, ids = None, None
+        if isinstance(e.sae, ItdaDictionary):
+            # Every atom is a concept whose first label is where it came from: the dictionary's
+            # labelled atoms first, then the ones the evaluation images use most.
+            provenance = Provenance.for_entry(e, provenance_shards)
+            if provenance.why_not:
+                notes.append(f"{e.info.label()}: {provenance.why_not}")
+            ids = sorted(concepts.concepts, key=lambda c: -len(concepts.concepts[c]["labels"]))[:max_cards] \
+                if concepts is not None else []
+            used = atom_usage(e.sae, shards, key)
+            used[ids] = -1
+            more = [int(a) for a in torch.argsort(used, descending=True, stable=True)[:max_cards - len(ids)]
+                    if used[a] > 0]
+            ids = ids + more
+        elif concepts is None:
             continue
-        for card in concept_cards(e, concepts, shards, key, images_dir, out, f"s{i}"):
+        for card in concept_cards(e, concepts, shards, key, images_dir, out, f"s{i}", max_cards=max_cards, ids=ids,
+                                  provenance=provenance):
             sections.append((e.info.label(), card))
-    write_text_atomic(out / "index.html", render_html(rows, plots, constant, sections, synthetic_note, truth, smoke))
+    write_text_atomic(out / "index.html", render_html(rows, plots, constant, sections, synthetic_note, truth, smoke,
+                                                      notes))
     return out / "index.html"
 
 
@@ -206,7 +346,7 @@ def _fmt(v) -> str:
     return html.escape(str(v))
 
 
-def render_html(rows, plots, constant, sections, note, truth, smoke) -> str:
+def render_html(rows, plots, constant, sections, note, truth, smoke, notes=()) -> str:
     bounds = {k: b for k, _, b in METRICS}
     cols = ["block", "t", "cond", "vectors"] + [k for k, _, _ in METRICS]
     table = "<tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>" + "".join(
@@ -228,11 +368,14 @@ def render_html(rows, plots, constant, sections, note, truth, smoke) -> str:
                       f"{html.escape(smoke['folder'])}. Random weights hold no concepts; this only shows the real "
                       f"collection path working.</p>")
     keys = sorted({k for k, _ in sections})
+    notes_html = "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
     def card_html(k, c):
         search = html.escape(" ".join(c["labels"]).lower())
-        shown = html.escape(", ".join(f"{lab} ({c['counts'].get(lab, 0)})" for lab in c["labels"][:6]))
+        shown = html.escape(", ".join(f"{lab} ({c['counts'][lab]})" if lab in c["counts"] else lab
+                                      for lab in c["labels"][:6]))
         imgs = "".join(f"<img src='{f}' loading='lazy'>" for f in c["files"])
-        return (f"<div class='card' data-key='{html.escape(k)}' data-labels='{search}'><b>concept {c['cid']}</b> "
+        return (f"<div class='card' data-key='{html.escape(k)}' data-labels='{search}'><b>{c.get('kind', 'concept')} "
+                f"{c['cid']}</b> "
                 f"<span class='key'>{html.escape(k)}</span><br><span class='labels'>{shown}</span><br>{imgs}</div>")
     cards = "".join(card_html(k, c) for k, c in sections)
     options = "".join(f"<option>{html.escape(k)}</option>" for k in keys)
@@ -245,7 +388,7 @@ td,th{{border:1px solid #ccc;padding:3px 6px}} .note{{background:#fff3cd;padding
 <h2>Metrics per (block, t, cond)</h2><table>{table}</table>
 <h2>Plots</h2>{''.join(f'<img src="{p}">' for p in plots)}{same}
 {truth_html}{smoke_html}
-<h2>Concepts</h2><p>Search by word: <input id="q" placeholder="e.g. dog"> SAE: <select id="k"><option value="">all</option>{options}</select>
+<h2>Concepts</h2>{notes_html}<p>Search by word: <input id="q" placeholder="e.g. dog"> SAE: <select id="k"><option value="">all</option>{options}</select>
 <span id="n"></span></p><div id="cards">{cards}</div>
 <script>
 function f(){{var q=document.getElementById('q').value.toLowerCase().trim(),k=document.getElementById('k').value,n=0;
