@@ -1,10 +1,14 @@
 """Shared fixtures. Host tests (real ComfyUI) skip loudly when no ComfyUI is found."""
 from __future__ import annotations
 
+import gc
 import importlib.util
+import os
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from sae_concepts.host.comfy_env import candidate_paths, find_comfyui
 
@@ -16,6 +20,16 @@ PLACEHOLDER = str(IMPORT_STAND_INS)
 COMFY_ROOT = find_comfyui()
 SKIP_REASON = ("NO COMFYUI: host tests skipped. Export ComfyUI v0.8.0 to ~/comfy/ComfyUI or set "
                f"COMFYUI_PATH (looked in {', '.join(map(str, candidate_paths()))})")
+
+
+# One intra-op thread per process unless OMP_NUM_THREADS says otherwise: the suite is mostly small
+# models, and on a 2-core machine with the other core busy, two threads spend their time waiting
+# for each other (test_host_nodes.py + test_host_sdxl.py: 284 and 528 s at two threads, 62 and
+# 66 s at one, back to back on 2026-12-02). Set in the environment as well, so the CLI runs,
+# torchrun ranks and ComfyUI servers the tests start inherit it.
+if "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 def pytest_report_header(config):
@@ -54,3 +68,21 @@ def comfy():
 def tiny_model(comfy):
     from random_models import build_random_sd1
     return build_random_sd1(tiny=True, seed=0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def release_models_after_each_module():
+    """Between modules, ComfyUI lets go of the models it sampled with, reference cycles are collected
+    and glibc returns freed heap to the system: after test_host_fullsize.py the process held 712 MiB
+    without this, 557 MiB with it."""
+    yield
+    if "comfy.model_management" in sys.modules:
+        import comfy.model_management
+        comfy.model_management.unload_all_models()
+        comfy.model_management.cleanup_models()
+    gc.collect()
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):   # not glibc: nothing to trim
+        pass
