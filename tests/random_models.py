@@ -94,11 +94,13 @@ def build_random_flux(seed: int = 0, **over):
     return _patcher(model)
 
 
-class RandomFluxText:
-    """Stands in for Flux's text encoders (T5-XXL + CLIP-L cannot be made tiny): a prompt's
-    conditioning is random but fixed by the prompt's text, with ComfyUI's CLIP interface."""
+class RandomText:
+    """Stands in for a model's text encoders where the real ones cannot be made tiny (Flux's T5-XXL
+    + CLIP-L) or do not fit a tiny U-Net (CLIP-L gives 768-d context, the tiny SD1.x takes 32): a
+    prompt's conditioning is random but fixed by the prompt's text, with ComfyUI's CLIP interface.
+    guidance=None leaves the Flux guidance key out (SD1.x conditioning has none)."""
 
-    def __init__(self, context_dim: int = 32, pooled_dim: int = 32, tokens: int = 8, guidance: float = 3.5):
+    def __init__(self, context_dim: int = 32, pooled_dim: int = 32, tokens: int = 8, guidance: float | None = 3.5):
         self.context_dim, self.pooled_dim, self.tokens, self.guidance = context_dim, pooled_dim, tokens, guidance
 
     def tokenize(self, text: str):
@@ -107,8 +109,31 @@ class RandomFluxText:
     def encode_from_tokens_scheduled(self, text: str):
         import torch
         g = torch.Generator().manual_seed(int(hashlib.sha256(text.encode()).hexdigest()[:8], 16))
-        return [[torch.randn(1, self.tokens, self.context_dim, generator=g),
-                 {"pooled_output": torch.randn(1, self.pooled_dim, generator=g), "guidance": self.guidance}]]
+        context = torch.randn(1, self.tokens, self.context_dim, generator=g)   # drawn first, as it always was:
+        extra = {"pooled_output": torch.randn(1, self.pooled_dim, generator=g)}  # tests' data depend on the order
+        if self.guidance is not None:
+            extra["guidance"] = self.guidance
+        return [[context, extra]]
+
+
+RandomFluxText = RandomText   # the defaults are Flux's tiny test settings
+
+
+def tiny_sd1_text() -> RandomText:
+    """The text-encoder stand-in for build_random_sd1(tiny=True): 77 tokens of its 32-d context."""
+    return RandomText(context_dim=TINY_SD1_UNET["context_dim"], pooled_dim=TINY_SD1_UNET["context_dim"],
+                      tokens=77, guidance=None)
+
+
+def build_random_taesd_vae(seed: int = 0):
+    """ComfyUI's VAE wrapping a TAESD (the tiny autoencoder ComfyUI ships as a preview/VAE choice) with
+    random weights: decodes a 128 px SD1.x image in ~0.1 s on a CPU core, where the full SD VAE
+    takes ~4 s and holds 330 MB."""
+    import comfy.sd
+    import comfy.taesd.taesd
+    taesd = comfy.taesd.taesd.TAESD(latent_channels=4)
+    reset_torch_layers(taesd, seed)
+    return comfy.sd.VAE(sd=taesd.state_dict())
 
 
 def flux_conditioning(text: str = "a dog", **kw):

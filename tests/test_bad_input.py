@@ -380,16 +380,16 @@ def test_a_dictionary_from_another_sae_set_is_refused_naming_both_files(world, c
     assert rc == 2 and err.count("\n") == 1 and "retrained.safetensors" in err
 
 
-def test_the_shard_repair_advice_works_on_a_real_collection(tmp_path, comfy):
-    """Host tier: a shard of a real `collect` run is damaged in place; train names it and advises
-    deleting it and rerunning collect; doing exactly that redoes that shard bit for bit, and train runs."""
+def test_the_shard_repair_advice_works_on_a_real_collection(tmp_path, tiny_model):
+    """Host tier: a shard of a real `collect` run (ComfyUI's SD1.x U-Net, tiny, random weights) is
+    damaged in place; train names it and advises deleting it and rerunning collect; doing exactly
+    that redoes that shard bit for bit, and train runs."""
     import re
-    from sae_concepts.host.loaders import load_checkpoint
-    from sae_concepts.host.random_checkpoint import cached_random_sd1_checkpoint
+    from random_models import tiny_sd1_text
     from sae_concepts.training.collect.collect import CollectConfig, collect
     from sae_concepts.training.storage.shards import ShardError, ShardSet
     from sae_concepts.training.train.train import train_saes
-    loaded = load_checkpoint(str(cached_random_sd1_checkpoint()))
+    loaded = (tiny_model, tiny_sd1_text(), None)   # no VAE: this collection saves no images
     (tmp_path / "prompts.txt").write_text("a dog on a beach\na red car\na castle on a hill\n")
     cfg = CollectConfig(prompts=str(tmp_path / "prompts.txt"), out=str(tmp_path / "acts"), blocks="middle_block.1",
                         timesteps="1.0", steps=2, width=64, height=64, prompts_per_shard=1, seed=5,

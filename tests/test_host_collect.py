@@ -1,4 +1,10 @@
-"""`sae-concepts collect` on a random-weight single-file SD1.5 checkpoint (host tier)."""
+"""`sae-concepts collect` (host tier): the command on the random-weight single-file SD1.5 checkpoint
+(ComfyUI's loader, full size, in a subprocess as a user runs it), and collect's own logic (shards,
+keys, positions, images, rank split, errors) on a tiny SD1.x U-Net of ComfyUI's classes.
+
+The full-size checkpoint is loaded only by the CLI runs of the resume test, one at a time: in
+float32 each such process holds ~6 GiB while it loads (the 2 GiB file mapped + the weights), so
+the test process itself never loads it and the two torchrun ranks use the tiny model."""
 from __future__ import annotations
 
 import json
@@ -7,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,6 +23,8 @@ from safetensors.torch import save_file
 from sae_concepts.training.storage.shards import ShardSet, activation_key
 
 PROMPTS = ["a dog on a beach", "a red car in a city street", "a castle on a hill at sunset"]
+TINY_CH = 128   # channels of the tiny model's 1280-channel blocks (model_channels 32 x 4)
+TINY_CLI = Path(__file__).parent / "host_support" / "collect_tiny_cli.py"
 
 
 @pytest.fixture(scope="session")
@@ -25,15 +34,11 @@ def random_checkpoint(comfy):
 
 
 @pytest.fixture(scope="module")
-def loaded(random_checkpoint):
-    """The full-size random SD1.5 (~4.4 GB in float32 on a CPU): held for this module only, so it is
-    freed before the next module's full-size model is built (two at once doubled the suite's peak)."""
-    import gc
-    from sae_concepts.training.collect.collect import load_checkpoint
-    yield load_checkpoint(str(random_checkpoint))
-    import comfy.model_management
-    comfy.model_management.unload_all_models()   # ComfyUI keeps a reference to every loaded model
-    gc.collect()
+def loaded(tiny_model):
+    """(model, clip, vae) as collect takes them: the session's tiny SD1.x U-Net, a text stand-in with
+    its 32-d context, and a random TAESD as the VAE (images are decoded and saved)."""
+    from random_models import build_random_taesd_vae, tiny_sd1_text
+    return tiny_model, tiny_sd1_text(), build_random_taesd_vae(seed=0)
 
 
 def small_cfg(tmp_path, **over):
@@ -50,7 +55,6 @@ def small_cfg(tmp_path, **over):
 def subprocess_env():
     from conftest import PLACEHOLDER, _torchvision_works
     env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "1")   # beside this process on a few cores: no oversubscription
     if not _torchvision_works():
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), PLACEHOLDER]))
     return env
@@ -69,10 +73,10 @@ def test_collect_records_the_blocks_delta(tmp_path, loaded):
     assert s.keys() == sorted(activation_key(b, t, c) for b in ("middle_block.1", "output_blocks.3.1")
                               for t in (1.0, 0.0) for c in ("cond", "uncond"))
     mid = s.read(s.shards[0], activation_key("middle_block.1", 1.0, "cond"))
-    assert mid["acts"].shape == (2 * 4, 1280) and mid["acts"].dtype == torch.float16   # 2x2 grid at 128 px
+    assert mid["acts"].shape == (2 * 4, TINY_CH) and mid["acts"].dtype == torch.float16   # 2x2 grid at 128 px
     assert mid["prompt"].tolist() == [0] * 4 + [1] * 4 and mid["pos"].tolist() == [0, 1, 2, 3] * 2
     up = s.read(s.shards[1], activation_key("output_blocks.3.1", 0.0, "uncond"))
-    assert up["acts"].shape == (16, 1280)
+    assert up["acts"].shape == (16, TINY_CH)
     assert s.shards[0]["grids"] == {"middle_block.1": [2, 2], "output_blocks.3.1": [4, 4]}
     assert s.shards[0]["step_index"] == {"1": 0, "0": 3}
     assert sorted(p.name for p in (out / "images").iterdir()) == ["000000.png", "000001.png", "000002.png"]
@@ -85,7 +89,7 @@ def test_collect_records_the_blocks_delta(tmp_path, loaded):
     comfy.sample.sample(m, noise, 4, 7.5, "ddim", "ddim_uniform", encode(clip, PROMPTS[1]), encode(clip, ""),
                         torch.zeros_like(noise), last_step=1, disable_pbar=True, seed=6)
     d, kinds = seen[0]
-    expect = d[kinds.index("cond")].reshape(1280, 4).t().half()
+    expect = d[kinds.index("cond")].reshape(TINY_CH, 4).t().half()
     torch.testing.assert_close(mid["acts"][4:8], expect, rtol=2e-3, atol=2e-3)
 
 
@@ -95,17 +99,31 @@ def test_collect_subsamples_positions(tmp_path, loaded):
                             save_images=False), *loaded, progress=False)
     s = ShardSet.open(out)
     acts = s.read(s.shards[0], activation_key("output_blocks.3.1", 0.5, "cond"))
-    assert acts["acts"].shape == (10, 1280) and len(set(acts["pos"][:5].tolist())) == 5
+    assert acts["acts"].shape == (10, TINY_CH) and len(set(acts["pos"][:5].tolist())) == 5
     assert not (Path(out) / "images").exists()
 
 
-def test_collect_resumes_after_kill(tmp_path, random_checkpoint, loaded):
-    from sae_concepts.training.collect.collect import collect
-    cfg = small_cfg(tmp_path, checkpoint=str(random_checkpoint), prompts_per_shard=1, save_images=False)
-    cmd = [sys.executable, "-m", "sae_concepts.training.cli", "collect", "--quiet",
-           "--checkpoint", cfg.checkpoint, "--prompts", cfg.prompts, "--out", cfg.out, "--blocks", cfg.blocks,
-           "--timesteps", cfg.timesteps, "--steps", "4", "--width", "128", "--height", "128",
-           "--prompts-per-shard", "1", "--seed", "5", "--no-save-images"]
+def cli_args(cfg, checkpoint) -> list[str]:
+    """`collect` options for cfg, as a user types them."""
+    args = ["collect", "--quiet", "--checkpoint", str(checkpoint), "--prompts", cfg.prompts, "--out", cfg.out,
+            "--blocks", cfg.blocks, "--timesteps", cfg.timesteps, "--steps", str(cfg.steps), "--width",
+            str(cfg.width), "--height", str(cfg.height), "--prompts-per-shard", str(cfg.prompts_per_shard),
+            "--seed", str(cfg.seed)]
+    return args + ([] if cfg.save_images else ["--no-save-images"])
+
+
+def test_collect_resumes_after_kill(tmp_path, random_checkpoint):
+    """`sae-concepts collect` on the full-size random SD1.5 checkpoint, killed (SIGKILL) after its
+    first shard and rerun: the result equals, bit for bit, a run that was never killed. One sampling
+    step per prompt: each prompt still takes seconds at full size, so the kill lands mid-run."""
+    cfg = small_cfg(tmp_path, blocks="middle_block.1", timesteps="1.0", steps=1, prompts_per_shard=1,
+                    save_images=False)
+    cli = [sys.executable, "-m", "sae_concepts.training.cli"]
+    straight_out = tmp_path / "straight"
+    straight = subprocess.run(cli + cli_args(replace(cfg, out=str(straight_out)), random_checkpoint),
+                              env=subprocess_env(), capture_output=True, text=True)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    cmd = cli + cli_args(cfg, random_checkpoint)
     proc = subprocess.Popen(cmd, env=subprocess_env())
     manifest = Path(cfg.out) / "manifest_r000.json"
     deadline = time.time() + 300
@@ -118,31 +136,33 @@ def test_collect_resumes_after_kill(tmp_path, random_checkpoint, loaded):
     done = len(json.loads(manifest.read_text())["shards"])
     assert 1 <= done < 3, f"the run was not killed half-way ({done} shards done)"
     assert subprocess.run(cmd, env=subprocess_env()).returncode == 0
-    resumed = ShardSet.open(cfg.out)
+    resumed, straight = ShardSet.open(cfg.out), ShardSet.open(straight_out)
     assert [s["prompt_ids"] for s in resumed.shards] == [[0], [1], [2]]
-    straight = ShardSet.open(collect(small_cfg(tmp_path / "b", prompts_per_shard=1, save_images=False), *loaded,
-                                     progress=False))
+    assert resumed.config["model_family"] == "sd1"
+    assert resumed.keys() == sorted(activation_key("middle_block.1", 1.0, c) for c in ("cond", "uncond"))
     for a, b in zip(resumed.shards, straight.shards):
         for key in resumed.keys():
-            torch.testing.assert_close(resumed.read(a, key)["acts"], straight.read(b, key)["acts"],
-                                       rtol=2e-3, atol=2e-3)
+            acts = resumed.read(a, key)["acts"]
+            assert acts.shape == (4, 1280), "SD1.5's mid block: 1280 channels, 2x2 positions at 128 px"
+            assert torch.equal(acts, straight.read(b, key)["acts"]), (a["file"], key)
 
 
-def test_collect_two_ranks_with_torchrun(tmp_path, random_checkpoint):
-    cfg = small_cfg(tmp_path, save_images=False)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           "-m", "sae_concepts.training.cli", "collect", "--quiet", "--checkpoint", str(random_checkpoint),
-           "--prompts", cfg.prompts, "--out", cfg.out, "--blocks", "middle_block.1", "--timesteps", "1.0",
-           "--steps", "2", "--width", "128", "--height", "128", "--no-save-images"]
-    env = subprocess_env()
-    env["OMP_NUM_THREADS"] = "1"
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+def test_collect_two_ranks_with_torchrun(tmp_path, comfy):
+    """Two torchrun ranks split the prompts (i % world == rank), each writes its own manifest and
+    rank 0 the prompt index. The command runs as installed with its model loader swapped for the
+    tiny SD1.x (host_support/collect_tiny_cli.py): two full-size ranks held ~6 GiB each at once."""
+    cfg = small_cfg(tmp_path, blocks="middle_block.1", timesteps="1.0", steps=2, save_images=False)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(TINY_CLI),
+           *cli_args(cfg, "tiny-sd1")]
+    r = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     s = ShardSet.open(cfg.out)
     assert sorted(p.name for p in Path(cfg.out).glob("manifest_r*.json")) == ["manifest_r000.json", "manifest_r001.json"]
     assert sorted(pid for sh in s.shards for pid in sh["prompt_ids"]) == [0, 1, 2]
     assert {tuple(sh["prompt_ids"]) for sh in s.shards} == {(0, 2), (1,)}
-    assert (Path(cfg.out) / "prompts.jsonl").exists()
+    assert s.read(s.shards[0], activation_key("middle_block.1", 1.0, "cond"))["acts"].shape[1] == TINY_CH
+    rows = [json.loads(line) for line in (Path(cfg.out) / "prompts.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == PROMPTS
 
 
 def test_collect_bad_inputs(tmp_path, loaded):
