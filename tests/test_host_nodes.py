@@ -74,13 +74,13 @@ def steer_global(model, s, concept="7", beta=30.0, start=0.0, end=1.0, rows="bot
     return out(GlobalStyleSteer.execute(model, s, concept, beta, block, start, end, rows))[0]
 
 
-def sandwich(model, steer):
+def sandwich(model, steer, size=32):
     """Recorders below and above a steer on the same block: their Delta difference is the change."""
     from sae_concepts.host.block_patch import patch_block
     below, above = Recorder(), Recorder()
     m = steer(patch_block(model, BLOCK, below))
     m = patch_block(m, BLOCK, above)
-    sample(m)
+    sample(m, size=size)
     assert len(below.calls) == len(above.calls) == STEPS
     return below, above
 
@@ -366,7 +366,8 @@ def test_steering_in_half_precision_models_matches_float32_math(comfy, dtype):
     model = build_random_sd1(tiny=True, seed=0, dtype=dtype)
     s = sae_set()
     sae = s.entries[0].sae
-    below, above = sandwich(model, lambda m: steer_global(m, s, concept="7", beta=30.0, start=0.0, end=1.0))
+    # A 16x16 latent: fp16 convolutions have no fast CPU path (this test took 14 s at 32x32).
+    below, above = sandwich(model, lambda m: steer_global(m, s, concept="7", beta=30.0, start=0.0, end=1.0), size=16)
     edit = ConceptSteerEdit(model, BLOCK, s.entries, s, "7", "global", 30.0, 0.0, 1.0, "both")
     eps = torch.finfo(dtype).eps
     for (d0, sig, kinds), (d1, _, _) in zip(below.calls, above.calls):
@@ -381,7 +382,7 @@ def test_steering_in_half_precision_models_matches_float32_math(comfy, dtype):
             assert ((change[i].float() - exp).abs() <= eps * exp.abs() + 1e-7).all()
             # End to end the block output (input + Delta + change) is rounded to the dtype once more.
             torch.testing.assert_close(d1[i].float() - d0[i].float(), exp, rtol=0, atol=16 * eps)
-    huge = sample(steer_spatial(model, s, concept="3, 7", beta=1e5, rows="both"))
+    huge = sample(steer_spatial(model, s, concept="3, 7", beta=1e5, rows="both"), size=16)
     assert torch.isfinite(huge).all(), f"{dtype}: a large beta made the sample non-finite"
 
 
