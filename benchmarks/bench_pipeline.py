@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 
 def bench_collect(repeats: int, size: int) -> None:
-    import conftest
+    import conftest  # noqa: F401  (the tests' settings: one torch thread unless OMP_NUM_THREADS is set)
     from sae_concepts.host.comfy_env import import_comfy
     from random_models import build_random_sd1
-    import_comfy(extra_sys_paths=() if conftest._torchvision_works() else (conftest.PLACEHOLDER,))
+    import_comfy()   # the torchvision stand-in where none works
     import comfy.sample
     from sae_concepts.host.block_patch import patch_block
     from sae_concepts.sae_core import PAPER_BLOCKS

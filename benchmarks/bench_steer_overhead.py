@@ -25,10 +25,10 @@ def main(argv=None) -> None:
     p.add_argument("--size", type=int, default=64, help="latent side (64 = 512 px)")
     p.add_argument("--block", default="middle_block.1")
     a = p.parse_args(argv)
-    import conftest  # the tests' ComfyUI discovery and torchvision placeholder
+    import conftest  # noqa: F401  (the tests' settings: one torch thread unless OMP_NUM_THREADS is set)
     from sae_concepts.host.comfy_env import import_comfy
     from random_models import build_random_sd1
-    import_comfy(extra_sys_paths=() if conftest._torchvision_works() else (conftest.PLACEHOLDER,))
+    import_comfy()   # the torchvision stand-in where none works
     import comfy.sample
     from sae_concepts.host.block_patch import patch_block
     from sae_concepts.host.block_patch import TimestepRecorder

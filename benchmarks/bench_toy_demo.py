@@ -16,14 +16,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 
 def main() -> None:
-    import conftest
+    import conftest  # noqa: F401  (the tests' settings: one torch thread unless OMP_NUM_THREADS is set)
     from sae_concepts.host.comfy_env import import_comfy
     from sae_concepts.training.toyworld.sampling import SHIPPED_WEIGHTS
     ap = argparse.ArgumentParser()
     ap.add_argument("--weights", default=str(SHIPPED_WEIGHTS))
     ap.add_argument("--out", default="")
     a = ap.parse_args()
-    import_comfy(cpu=True, extra_sys_paths=() if conftest._torchvision_works() else (conftest.PLACEHOLDER,))
+    import_comfy(cpu=True)   # the torchvision stand-in where none works
     from sae_concepts.training.demo.toy_demo import run_toy_demo
     out = Path(a.out or tempfile.mkdtemp(prefix="toy_demo_bench_"))
     t0 = time.perf_counter()

@@ -37,7 +37,7 @@ def find_comfyui() -> Path | None:
     return None
 
 
-def import_comfy(cpu: bool | None = None, extra_sys_paths: tuple[str, ...] = ()) -> Path:
+def import_comfy(cpu: bool | None = None) -> Path:
     """Put ComfyUI on sys.path and configure it for in-process use; returns its folder."""
     root = find_comfyui()
     if root is None:
@@ -46,9 +46,6 @@ def import_comfy(cpu: bool | None = None, extra_sys_paths: tuple[str, ...] = ())
             f"~/comfy/ComfyUI (looked in: {', '.join(map(str, candidate_paths()))})")
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
-    for extra in extra_sys_paths:
-        if extra not in sys.path:
-            sys.path.append(extra)
     if "comfy.model_management" not in sys.modules:
         # ComfyUI reads its settings from comfy.cli_args.args when comfy.model_management is first
         # imported. Only then, i.e. only when this process hosts ComfyUI itself (never inside a

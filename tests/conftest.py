@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import gc
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -10,9 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sae_concepts.host.comfy_env import candidate_paths, find_comfyui
-
-from sae_concepts.host.comfy_env import IMPORT_STAND_INS
+from sae_concepts.host.comfy_env import IMPORT_STAND_INS, candidate_paths, find_comfyui, torchvision_works
 
 # torchvision's import stand-in (shipped: host/import_stand_ins), for subprocesses and servers
 # the tests start when no real torchvision imports here.
@@ -36,18 +33,9 @@ def pytest_report_header(config):
     return f"ComfyUI for host tests: {COMFY_ROOT or SKIP_REASON}"
 
 
-def _probe_torchvision() -> bool:
-    if importlib.util.find_spec("torchvision") is None:
-        return False
-    try:
-        import torchvision  # noqa: F401
-        return True
-    except Exception:  # a CUDA-only wheel against the CPU torch fails at import
-        return False
-
-
-# Probed once, before the placeholder can be on sys.path (after that the probe would find it).
-REAL_TORCHVISION = _probe_torchvision()
+# Probed once, before the stand-in can be on sys.path (the host's own probe, which also tells the
+# stand-in from the real package).
+REAL_TORCHVISION = torchvision_works()
 
 
 def _torchvision_works() -> bool:
@@ -60,8 +48,7 @@ def comfy():
     if COMFY_ROOT is None:
         pytest.skip(SKIP_REASON)
     from sae_concepts.host.comfy_env import import_comfy
-    extra = () if _torchvision_works() else (PLACEHOLDER,)
-    return import_comfy(extra_sys_paths=extra)
+    return import_comfy()   # puts the torchvision stand-in on sys.path itself where none works
 
 
 @pytest.fixture(scope="session")

@@ -38,6 +38,14 @@ class ToyModelConfig:
     latent_shift: float = 0.36
     latent_scale: float = 2.5
 
+    def to_model_space(self, latent: torch.Tensor) -> torch.Tensor:
+        """Unshuffled latent -> what the U-Net works on (ComfyUI's process_in)."""
+        return (latent - self.latent_shift) * self.latent_scale
+
+    def from_model_space(self, x: torch.Tensor) -> torch.Tensor:
+        """The inverse (ComfyUI's process_out)."""
+        return x / self.latent_scale + self.latent_shift
+
     @property
     def latent_channels(self) -> int:
         return 3 * UNSHUFFLE * UNSHUFFLE

@@ -51,10 +51,10 @@ def toy_latent_format(cfg: ToyModelConfig):
             self.latent_rgb_factors_bias = [shift] * 3
 
         def process_in(self, latent):
-            return (latent - self.shift_factor) * self.scale_factor
+            return cfg.to_model_space(latent)
 
         def process_out(self, latent):
-            return latent / self.scale_factor + self.shift_factor
+            return cfg.from_model_space(latent)
     return ToyWorldLatent
 
 

@@ -64,7 +64,7 @@ def make_batch(cfg: ToyTrainConfig, step: int, batch_size: int | None = None,
         scene = sample_scene(rng, name_style_p=1.0 - cfg.omit_style)
         images.append(render(scene).image)
         ids.append(tokenize("" if rng.random() < cfg.prompt_dropout else scene.prompt))
-    x0 = (image_to_latent(torch.from_numpy(np.stack(images))) - m.latent_shift) * m.latent_scale
+    x0 = m.to_model_space(image_to_latent(torch.from_numpy(np.stack(images))))
     return x0, torch.tensor(ids, dtype=torch.long)
 
 
