@@ -20,6 +20,24 @@ class ModelLoadError(SAEConceptsError, ValueError):
 CLIP_TYPES = {"sd1": "STABLE_DIFFUSION", "sdxl": "STABLE_DIFFUSION", "flux": "FLUX"}
 
 
+# The diffusion model's weight dtype, by the names ComfyUI's UNETLoader offers (plus the float types its
+# --bf16-unet / --fp16-unet / --fp32-unet flags choose). "default" leaves the choice to ComfyUI: float32 on a
+# CPU, fp16 or bf16 on most GPUs. fp8 stores the weights in 8 bits and casts each layer to the compute dtype
+# as it runs: a quarter of float32's memory, some speed and precision lost.
+WEIGHT_DTYPES = ("default", "fp32", "fp16", "bf16", "fp8_e4m3fn", "fp8_e5m2")
+
+
+def model_options(weight_dtype: str) -> dict:
+    """ComfyUI's model_options for a WEIGHT_DTYPES name."""
+    import torch
+    if weight_dtype not in WEIGHT_DTYPES:
+        raise ModelLoadError(f"weight dtype {weight_dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
+    if weight_dtype == "default":
+        return {}
+    return {"dtype": {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+                      "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}[weight_dtype]}
+
+
 def _first_line(e: Exception) -> str:
     return (str(e).splitlines() or [type(e).__name__])[0]
 
@@ -42,25 +60,28 @@ def check_family(model, name: str) -> ModelFamily:
     return fam
 
 
-def load_checkpoint(path: str):
+def load_checkpoint(path: str, weight_dtype: str = "default"):
     """(ModelPatcher, CLIP, VAE) from one checkpoint file through ComfyUI's loader."""
     import comfy.sd
     p = _require_file(path, "checkpoint")
+    options = model_options(weight_dtype)
     try:
-        model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(p), output_vae=True, output_clip=True)
+        model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(p), output_vae=True, output_clip=True,
+                                                                    model_options=options)
     except Exception as e:  # noqa: BLE001 - ComfyUI raises RuntimeError or loader-specific errors
         raise ModelLoadError(f"checkpoint {p} cannot be loaded as a diffusion model: {_first_line(e)}") from e
     check_family(model, str(p))
     return model, clip, vae
 
 
-def load_parts(diffusion_model: str, text_encoders: list[str], vae: str = ""):
+def load_parts(diffusion_model: str, text_encoders: list[str], vae: str = "", weight_dtype: str = "default"):
     """(ModelPatcher, CLIP, VAE or None) from a diffusion-model file, text-encoder files and a VAE file."""
     import comfy.sd
     import comfy.utils
     p = _require_file(diffusion_model, "diffusion model")
+    options = model_options(weight_dtype)
     try:
-        model = comfy.sd.load_diffusion_model(str(p))
+        model = comfy.sd.load_diffusion_model(str(p), model_options=options)
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(f"diffusion model {p} cannot be loaded: {_first_line(e)}") from e
     fam = check_family(model, str(p))

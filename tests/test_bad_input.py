@@ -482,6 +482,7 @@ SWEEP = [
     (CO + ["--timesteps", "2.0"], "--timesteps must be comma-separated numbers in [0, 1]"),
     (CO + ["--timesteps", "early"], "--timesteps must be comma-separated numbers in [0, 1]"),
     (CO + ["--guidance", "inf"], "--guidance must be a finite number"),
+    (CO + ["--weight-dtype", "int4"], "--weight-dtype must be one of default, fp32, fp16, bf16, fp8_e4m3fn"),
     (["collect", "--checkpoint", "{r}/x.safetensors", "--prompts", "{r}/prompts_empty.txt"], "holds no prompts"),
     (["collect", "--checkpoint", "{r}/x.safetensors", "--prompts", "{r}/nothere.txt"], "prompt file not found"),
     (["collect", "--prompts", "{r}/prompts.txt"], "collect needs --checkpoint and --prompts"),

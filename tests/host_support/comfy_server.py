@@ -36,9 +36,10 @@ def frontend_root() -> Path | None:
 
 
 @contextlib.contextmanager
-def comfy_server(comfy_root: Path, base: Path, frontend: Path, extra_pythonpath: str | None = None):
+def comfy_server(comfy_root: Path, base: Path, frontend: Path, extra_pythonpath: str | None = None,
+                 extra_args: tuple[str, ...] = ()):
     """Yields {"url", "base", "log", "object_info"}; `base` gets custom_nodes/sae_concepts -> REPO.
-    The caller fills base/models first."""
+    The caller fills base/models first; extra_args go to ComfyUI's main.py."""
     (base / "custom_nodes").mkdir(exist_ok=True)
     if not (base / "custom_nodes" / "sae_concepts").exists():
         (base / "custom_nodes" / "sae_concepts").symlink_to(REPO)
@@ -51,7 +52,7 @@ def comfy_server(comfy_root: Path, base: Path, frontend: Path, extra_pythonpath:
         proc = subprocess.Popen([sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
                                  "--front-end-root", str(frontend), "--database-url", "sqlite:///:memory:",
                                  "--disable-api-nodes", "--use-pytorch-cross-attention", "--disable-auto-launch",
-                                 "--base-directory", str(base)],
+                                 "--base-directory", str(base), *extra_args],
                                 cwd=str(comfy_root), env=env, stdout=logf, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:

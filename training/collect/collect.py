@@ -33,6 +33,10 @@ class CollectConfig:
     text_encoders: str = field(default="", metadata={"help": "with --diffusion-model: comma-separated text-encoder "
                                                             "files (Flux: clip_l and t5xxl)"})
     vae: str = field(default="", metadata={"help": "with --diffusion-model: VAE file (images are saved only with one)"})
+    weight_dtype: str = field(default="default", metadata={"help": "diffusion model weights, as UNETLoader's "
+                                                              "weight_dtype: default (ComfyUI's choice: float32 on "
+                                                              "CPU), fp32, fp16, bf16, fp8_e4m3fn, fp8_e5m2 (a quarter "
+                                                              "of float32's memory, cast per layer as it runs)"})
     prompts: str = field(default="", metadata={"help": "prompt file: .txt, .jsonl or .csv"})
     out: str = field(default="activations", metadata={"help": "output folder (resumes if it exists)"})
     blocks: str = field(default="", metadata={"help": "comma-separated blocks, ComfyUI paths or diffusers names "
@@ -69,8 +73,9 @@ def load_models(cfg: CollectConfig):
         raise CollectError("give either --checkpoint or --diffusion-model (with --text-encoders), not "
                            + ("both" if cfg.checkpoint else "neither"))
     if cfg.checkpoint:
-        return load_checkpoint(cfg.checkpoint)
-    return load_parts(cfg.diffusion_model, [t.strip() for t in cfg.text_encoders.split(",") if t.strip()], cfg.vae)
+        return load_checkpoint(cfg.checkpoint, cfg.weight_dtype)
+    return load_parts(cfg.diffusion_model, [t.strip() for t in cfg.text_encoders.split(",") if t.strip()], cfg.vae,
+                      cfg.weight_dtype)
 
 
 def bucket_sigmas(model, cfg: CollectConfig, timesteps: list[float]) -> tuple[dict[float, float], dict[float, int]]:
@@ -107,6 +112,8 @@ def run_config(cfg: CollectConfig, n_prompts: int, family: str) -> dict:
     d["text_encoders"] = ",".join(Path(t.strip()).name for t in cfg.text_encoders.split(",") if t.strip())
     d["vae"] = Path(cfg.vae).name if cfg.vae else ""
     d["prompts"] = hashlib.sha256(Path(cfg.prompts).read_bytes()).hexdigest()[:16] if cfg.prompts else ""
+    if cfg.weight_dtype == "default":
+        d.pop("weight_dtype")   # as before the option existed, so earlier collections still resume
     d["n_prompts"] = n_prompts
     d["model_family"] = family
     return d
@@ -133,6 +140,9 @@ def check_collect_config(cfg: CollectConfig) -> None:
     require(cfg.width % 8 == 0 and cfg.height % 8 == 0,
             f"--width and --height must be multiples of 8, got {cfg.width}x{cfg.height}")
     parse_timesteps(cfg.timesteps)
+    from ...host.loaders import WEIGHT_DTYPES
+    require(cfg.weight_dtype in WEIGHT_DTYPES,
+            f"--weight-dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {cfg.weight_dtype!r}")
     require(cfg.quantity in ("delta", "output"), f"--quantity must be delta or output, got {cfg.quantity!r}")
     require(bool(cfg.checkpoint) != bool(cfg.diffusion_model) or not (cfg.checkpoint or cfg.diffusion_model),
             "give either --checkpoint or --diffusion-model (with --text-encoders), not both")
