@@ -11,12 +11,13 @@ SpatialTransformer *subclass* instance that shares the original's children and p
 - The wrapped module is whatever get_model_object returns, possibly an earlier wrapper, so
   patches chain. Object patches live on the clone only and are reverted by ComfyUI on unpatch:
   nothing global is left behind.
-DiTs (Flux): a `patches_replace["dit"][(kind, i)]` function, which wraps whatever function was
-there (SkipLayerGuidance and others use the same keys and the last writer wins: we wrap, never
-drop). Only image tokens are shown to the edit, laid out on the (h, w) token grid; the grid and
-the text length come from a DIFFUSION_MODEL wrapper that writes them into transformer_options
-(rebuilt for every model call). Flux blocks update their input in place, so the input is copied
-before the block runs.
+DiTs (Flux, SD3): a `patches_replace["dit"][(kind, i)]` function, the key and the token layout
+from the family's DitStream, which wraps whatever function was there (SkipLayerGuidance and
+others use the same keys and the last writer wins: we wrap, never drop). Only image tokens are
+shown to the edit, laid out on the (h, w) token grid; the grid and the text length come from an
+APPLY_MODEL wrapper (every model has that one; SD3's MMDiT runs no DIFFUSION_MODEL wrappers)
+that writes them into transformer_options (rebuilt for every model call). Flux blocks update
+their input in place, so the input is copied before the block runs.
 The training collector uses these same patches, so what an SAE learned is what a node steers.
 """
 from __future__ import annotations
@@ -31,7 +32,6 @@ from comfy.ldm.modules.attention import SpatialTransformer
 
 from ..sae_core.errors import ConfigError
 from ..sae_core.families import DIT, MODEL_TIMESTEP, ModelFamily
-from ..sae_core.families.flux import DOUBLE, patch_key
 from .model_blocks import require_family, resolve_block
 
 
@@ -104,22 +104,24 @@ class PatchedSpatialTransformer(SpatialTransformer):
         return out + change.to(out.dtype)
 
 
-def record_token_grid(executor, x, timestep, context, *args, **kwargs):
-    """DIFFUSION_MODEL wrapper: note the image token grid and the text length for the dit patches."""
-    opts = kwargs.get("transformer_options", args[4] if len(args) > 4 else None)
-    if opts is not None:
-        p = executor.class_obj.patch_size
-        opts[GRID_KEY] = ((x.shape[-2] + p // 2) // p, (x.shape[-1] + p // 2) // p, context.shape[1])
-    return executor(x, timestep, context, *args, **kwargs)
+def record_token_grid(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
+                      **kwargs):
+    """APPLY_MODEL wrapper (BaseModel.apply_model's arguments): note the image token grid and the
+    text length for the dit patches."""
+    if transformer_options is not None:
+        p = executor.class_obj.diffusion_model.patch_size
+        txt_len = c_crossattn.shape[1] if c_crossattn is not None else 0
+        transformer_options[GRID_KEY] = ((x.shape[-2] + p // 2) // p, (x.shape[-1] + p // 2) // p, txt_len)
+    return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
 
 
 class DitBlockPatch:
     """patches_replace["dit"] function: runs the previous patch (or the block), then lets `edit`
     change the image tokens of the block's Delta (or output)."""
 
-    def __init__(self, block: str, edit: BlockEdit, previous=None, quantity: str = "delta"):
+    def __init__(self, block: str, edit: BlockEdit, previous=None, quantity: str = "delta", text_first: bool = False):
         self.block, self.edit, self.previous, self.quantity = block, edit, previous, quantity
-        self.double = block.startswith(DOUBLE + ".")
+        self.text_first = text_first   # the stream is cat(txt, img) (Flux's single blocks)
 
     def __deepcopy__(self, memo):
         # ModelPatcher.clone() deep-copies model_options: without this every later clone would hold
@@ -130,11 +132,11 @@ class DitBlockPatch:
         opts = args.get("transformer_options") or {}
         if GRID_KEY not in opts:
             raise RuntimeError(f"SAE patch at {self.block}: the token grid was not recorded (the model ran "
-                               f"without the sae_concepts DIFFUSION_MODEL wrapper)")
+                               f"without the sae_concepts APPLY_MODEL wrapper)")
         h, w, txt_len = opts[GRID_KEY]
-        # Image tokens: the double block's img stream starts with them (Kontext reference tokens follow);
-        # the single block's stream is cat(txt, img).
-        start = 0 if self.double else (args["txt"].shape[1] if "txt" in args else txt_len)
+        # Image tokens: a two-stream block's img stream starts with them (Kontext reference tokens
+        # follow; SD3's holds nothing else); a one-stream block's is cat(txt, img).
+        start = (args["txt"].shape[1] if "txt" in args else txt_len) if self.text_first else 0
         stop = start + h * w
         before = args["img"][:, start:stop].clone() if self.quantity == "delta" else None   # updated in place
         out = self.previous(args, extra) if self.previous is not None else extra["original_block"](args)
@@ -160,11 +162,12 @@ def patch_block(model, block: str, edit: BlockEdit, quantity: str = "delta"):
     path = resolve_block(model, block)
     m = model.clone()
     if family.patch_kind == DIT:
-        kind, index = patch_key(path)
+        stream, index = family.dit_stream(path)
+        kind = stream.patch_kind
         previous = m.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {}).get(
             (kind, index))
-        m.set_model_patch_replace(DitBlockPatch(path, edit, previous, quantity), "dit", kind, index)
-        wrappers = comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
+        m.set_model_patch_replace(DitBlockPatch(path, edit, previous, quantity, stream.text_first), "dit", kind, index)
+        wrappers = comfy.patcher_extension.WrappersMP.APPLY_MODEL
         if not m.get_wrappers(wrappers, GRID_KEY):
             m.add_wrapper_with_key(wrappers, GRID_KEY, record_token_grid)
         return m
@@ -216,7 +219,7 @@ def schedule_position(sigma: float, sample_sigmas) -> tuple[int, int] | None:
 
 class StepClock:
     """Where a model call sits in the reverse process, by the family's rule (sae_core.families):
-    DDPM U-Nets by the model's own timestep; flow models (Flux) by the step's position in the
+    DDPM U-Nets by the model's own timestep; flow models (Flux, SD3) by the step's position in the
     run's sigma schedule (so a ModelSamplingFlux shift set anywhere in the graph changes nothing)."""
 
     def __init__(self, model):

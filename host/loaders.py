@@ -1,8 +1,8 @@
 """Load models with ComfyUI's own loaders, as the CLI needs them (inside ComfyUI, its loader nodes do this).
 
-Two layouts: a single checkpoint file (SD1.x / SDXL, also all-in-one Flux files), or a diffusion
-model file (what UNETLoader reads, e.g. flux1-dev.safetensors) with text encoders and a VAE given
-by path (DualCLIPLoader / VAELoader). The family is checked against the registry.
+Two layouts: a single checkpoint file (SD1.x / SDXL, also all-in-one Flux or SD3 files), or a
+diffusion model file (what UNETLoader reads, e.g. flux1-dev.safetensors, sd3.5_large.safetensors)
+with text encoders and a VAE given by path (CLIPLoader / DualCLIPLoader / TripleCLIPLoader / VAELoader). The family is checked against the registry.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ class ModelLoadError(SAEConceptsError, ValueError):
 
 
 # ComfyUI's text-encoder type for each family's DualCLIPLoader / CLIPLoader ("type" input).
-CLIP_TYPES = {"sd1": "STABLE_DIFFUSION", "sdxl": "STABLE_DIFFUSION", "flux": "FLUX"}
+CLIP_TYPES = {"sd1": "STABLE_DIFFUSION", "sdxl": "STABLE_DIFFUSION", "flux": "FLUX", "sd3": "SD3"}
 
 
 # The diffusion model's weight dtype, by the names ComfyUI's UNETLoader offers (plus the float types its
@@ -50,13 +50,13 @@ def _require_file(path: str, what: str) -> Path:
 
 
 def check_family(model, name: str) -> ModelFamily:
-    from .model_blocks import config_name, family_of
+    from .model_blocks import config_name, family_of, known_families
     fam = family_of(model)
     if fam is None:
         unet = getattr(model.model.model_config, "unet_config", {})
         raise ModelLoadError(f"{name} is detected as {config_name(model)} (context_dim={unet.get('context_dim')}, "
                              f"model_channels={unet.get('model_channels')}, hidden_size={unet.get('hidden_size')}), "
-                             f"not an SD1.x, SDXL or Flux.1 model")
+                             f"not one of the {known_families()} models SAE Concepts knows")
     return fam
 
 
@@ -87,7 +87,7 @@ def load_parts(diffusion_model: str, text_encoders: list[str], vae: str = "", we
     fam = check_family(model, str(p))
     if not text_encoders:
         raise ModelLoadError(f"{p} is a bare diffusion model: give its text encoders (--text-encoders, "
-                             f"comma-separated; Flux: clip_l and t5xxl)")
+                             f"comma-separated; Flux: clip_l and t5xxl; SD3: any of clip_l, clip_g, t5xxl)")
     paths = [str(_require_file(t, "text encoder")) for t in text_encoders]
     try:
         clip = comfy.sd.load_clip(paths, clip_type=getattr(comfy.sd.CLIPType, CLIP_TYPES[fam.name]))

@@ -2,7 +2,8 @@
 
 The family comes from the registry (sae_core.families) by ComfyUI's model config class. U-Net
 block names resolve through ComfyUI's own config (comfy.utils.unet_to_diffusers), so a diffusers
-name finds its ComfyUI path on SD1.x and SDXL alike; Flux blocks are counted on the model.
+name finds its ComfyUI path on SD1.x and SDXL alike; DiT blocks (Flux, SD3) are counted on the model,
+stream by stream as the family lists them.
 """
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from comfy.ldm.modules.attention import SpatialTransformer
 
 from ..sae_core.errors import ConfigError
 from ..sae_core.families import DIT, FAMILIES, ModelFamily, UnknownBlock, family_of_config, get_family, strip_prefix
-from ..sae_core.families.flux import DOUBLE, SINGLE
 
 
 class UnsupportedModel(ConfigError):
@@ -27,7 +27,7 @@ def family_of(model) -> ModelFamily | None:
 
 
 def model_family(model) -> str:
-    """The registry's family name ("sd1", "sdxl", "flux"), else ComfyUI's config name, lowercased."""
+    """The registry's family name ("sd1", "sdxl", "flux", "sd3"), else ComfyUI's config name, lowercased."""
     fam = family_of(model)
     return fam.name if fam else config_name(model).lower()
 
@@ -35,9 +35,15 @@ def model_family(model) -> str:
 def require_family(model, what: str = "this model") -> ModelFamily:
     fam = family_of(model)
     if fam is None:
-        raise UnsupportedModel(f"{what} is a {config_name(model)} model; SAE Concepts knows SD1.x, SDXL and "
-                               f"Flux.1 models")
+        raise UnsupportedModel(f"{what} is a {config_name(model)} model; SAE Concepts knows "
+                               f"{known_families()} models")
     return fam
+
+
+def known_families() -> str:
+    """The real model families the registry knows, for messages: "SD1.x, SDXL, Flux.1 and SD3/SD3.5"."""
+    names = [f.display for f in FAMILIES.values() if f.name != "toyworld"]
+    return ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def diffusers_to_comfy(model) -> dict[str, str]:
@@ -55,13 +61,12 @@ def diffusers_to_comfy(model) -> dict[str, str]:
 
 def transformer_blocks(model) -> dict[str, int]:
     """{block name: width} of every block SAEs can sit at: the U-Net's SpatialTransformers
-    (channels), or a DiT's double and single blocks (hidden size)."""
+    (channels), or a DiT's blocks of each stream its family names (hidden size)."""
     dm = model.get_model_object("diffusion_model")
     fam = family_of(model)
     if fam is not None and fam.patch_kind == DIT:
         hidden = int(dm.hidden_size)
-        return {**{f"{DOUBLE}.{i}": hidden for i in range(len(dm.double_blocks))},
-                **{f"{SINGLE}.{i}": hidden for i in range(len(dm.single_blocks))}}
+        return {f"{s.name}.{i}": hidden for s in fam.dit_streams for i in range(len(getattr(dm, s.name)))}
     return {name: mod.in_channels for name, mod in dm.named_modules() if isinstance(mod, SpatialTransformer)}
 
 
@@ -69,8 +74,8 @@ def _blocks_help(model, blocks: dict[str, int]) -> str:
     fam = family_of(model)
     if fam is not None and fam.patch_kind == DIT:
         dm = model.get_model_object("diffusion_model")
-        return (f"{DOUBLE}.0-{len(dm.double_blocks) - 1} and {SINGLE}.0-{len(dm.single_blocks) - 1} "
-                f"(width {next(iter(blocks.values()))})")
+        return (" and ".join(f"{s.name}.0-{len(getattr(dm, s.name)) - 1}" for s in fam.dit_streams)
+                + f" (width {next(iter(blocks.values()))})")
     mapping = diffusers_to_comfy(model)
     return ", ".join(f"{c} = {d}" for d, c in sorted(mapping.items(), key=lambda x: x[1]))
 
@@ -112,5 +117,5 @@ def entry_block(model, entry) -> str:
         raise ValueError(f"SAE {info.label()}: {e}") from None
 
 
-__all__ = ["UnsupportedModel", "family_of", "model_family", "require_family", "diffusers_to_comfy",
+__all__ = ["UnsupportedModel", "known_families", "family_of", "model_family", "require_family", "diffusers_to_comfy",
            "transformer_blocks", "resolve_block", "entry_block", "get_family"]

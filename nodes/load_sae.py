@@ -9,19 +9,19 @@ from comfy_api.latest import io
 from ..sae_core import SD1_BLOCKS, SAEInfo, load_sae
 from ..sae_core.concept_dictionary import ConceptDictionary
 from ..sae_core.errors import ConfigError, SAEConceptsError
-from ..sae_core.families import get_family
-from ..sae_core.families.flux import DOUBLE, FLUX1_DEPTH, SINGLE
+from ..sae_core.families import DIT, FAMILIES
 from ..sae_core.families.sdxl import SDXL_BLOCKS as SDXL_REGISTRY_BLOCKS
 from .model_folders import dictionary_files, sae_files
 from .sae_type import CATEGORY, SAE, node_id
 
 FROM_FILE = "from file"
 # "<family> <diffusers block name>": what a foreign SAE (SDLens, SAELens) was trained on, from the
-# family registry (Flux.1's 19 double and 38 single blocks by their diffusers names).
+# family registry (the DiT families' blocks of their largest releases by their diffusers names:
+# Flux.1's 19 double and 38 single, SD3.5 Large's 38 joint).
 SDXL_BLOCKS = [d for d, _ in SDXL_REGISTRY_BLOCKS.values()]
 FOREIGN_BLOCKS = ([f"sd1 {d}" for d, _ in SD1_BLOCKS.values()] + [f"sdxl {d}" for d in SDXL_BLOCKS]
-                  + [f"flux {get_family('flux').alias(f'{kind}.{i}')}" for kind in (DOUBLE, SINGLE)
-                     for i in range(FLUX1_DEPTH[kind])])
+                  + [f"{f.name} {s.alias}.{i}" for f in FAMILIES.values() if f.patch_kind == DIT
+                     for s in f.dit_streams for i in range(s.released_depth)])
 
 
 _LOADED: dict = {}   # (files, mtimes, block choice) -> SAESet: validation loads, execute reuses

@@ -4,16 +4,18 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..sae_core import PAPER_BLOCKS, SD1_BLOCKS
-from ..sae_core.families.flux import DOUBLE, FLUX1_DEPTH, SINGLE
+from ..sae_core.families import DIT, FAMILIES
 from .steering import AUTO, MODES, ROWS
 
 # SDXL's transformer blocks that SD1.x lacks (ComfyUI paths); SDLens's are input_blocks.8.1,
 # middle_block.1, output_blocks.0.1 and output_blocks.1.1.
 SDXL_ONLY = ["output_blocks.0.1", "output_blocks.1.1", "output_blocks.2.1"]
-# Flux.1's blocks (19 double, 38 single); a smaller Flux-like model is checked when the node runs.
-FLUX_BLOCKS = [f"{DOUBLE}.{i}" for i in range(FLUX1_DEPTH[DOUBLE])] + [f"{SINGLE}.{i}" for i in range(FLUX1_DEPTH[SINGLE])]
+# The DiT families' blocks of their largest releases (Flux.1: 19 double, 38 single; SD3.5 Large: 38
+# joint); a smaller model is checked when the node runs.
+DIT_BLOCKS = [f"{s.name}.{i}" for f in FAMILIES.values() if f.patch_kind == DIT for s in f.dit_streams
+              for i in range(s.released_depth)]
 BLOCK_OPTIONS = ([AUTO] + list(PAPER_BLOCKS) + [b for b in SD1_BLOCKS if b not in PAPER_BLOCKS] + SDXL_ONLY
-                 + FLUX_BLOCKS)
+                 + DIT_BLOCKS)
 
 
 def block_input(default: str = AUTO):
@@ -22,7 +24,7 @@ def block_input(default: str = AUTO):
         tooltip="U-Net transformer block (ComfyUI path). 'auto': every block the SAE set has SAEs for. "
                 "The paper's SD1.x blocks: input_blocks.8.1 (down), middle_block.1 (mid), output_blocks.3.1 "
                 "(up); SDLens's SDXL ones: input_blocks.8.1, middle_block.1, output_blocks.0.1 / 1.1; Flux: "
-                "double_blocks.<i> / single_blocks.<i> (Shabalin et al.: double_blocks.18).")
+                "double_blocks.<i> / single_blocks.<i> (Shabalin et al.: double_blocks.18); SD3/SD3.5: joint_blocks.<i>.")
 
 
 def mode_input():

@@ -52,12 +52,13 @@ def torch_load_safe(path: Path):
         raise SAEFileError(path, f"cannot be read as a torch file (truncated or corrupt?): {e}") from e
 
 
-# Block names as diffusers (U-Nets) and ComfyUI/BFL (Flux) write them, inside longer names
+# Block names as diffusers (U-Nets) and ComfyUI/BFL (Flux, SD3) write them, inside longer names
 # such as "unet.up_blocks.0.attentions.1_k10_hidden5120_auxk256_bs4096_lr0.0001".
 _BLOCK_IN_NAME = re.compile(r"(?<![a-z_])((?:down|up)_blocks\.\d+\.attentions\.\d+|mid_block\.attentions\.\d+|"
-                            r"(?:single_|double_|single_transformer_|transformer_)blocks\.\d+)")
+                            r"(?:single_|double_|single_transformer_|transformer_|joint_)blocks\.\d+)")
 _FAMILY_IN_NAME = (("sdxl", re.compile(r"sdxl|sd_xl|stable-diffusion-xl")),
                    ("flux", re.compile(r"flux")),
+                   ("sd3", re.compile(r"sd-?3|stable-diffusion-3")),
                    ("sd1", re.compile(r"sd-?v?1[-_.]?[45]|sd15|stable-diffusion-v1|sd1\b")))
 
 

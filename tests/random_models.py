@@ -27,6 +27,16 @@ TINY_FLUX = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim
                  hidden_size=64, mlp_ratio=4.0, num_heads=2, depth=2, depth_single_blocks=2, axes_dim=[8, 12, 12],
                  theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True, txt_ids_dims=[])
 
+# SD3's MMDiT (joint blocks, 2x2 patches, 16 latent channels) at depth 2: hidden 64 x depth = 128,
+# 2 heads, 2.0M params. The text side takes what ComfyUI's SD3 text encoders give (context 4096-d,
+# pooled 768 + 1280), so a random CLIP-L loaded with CLIPLoader(type="sd3") drives it.
+SD3_DEPTH, SD3_POS_EMBED = 2, 16
+TINY_SD3 = dict(in_channels=16, out_channels=16, patch_size=2, depth=SD3_DEPTH, input_size=None,
+                adm_in_channels=2048, pos_embed_max_size=SD3_POS_EMBED, num_patches=SD3_POS_EMBED ** 2,
+                pos_embed_scaling_factor=None, x_block_self_attn_layers=[],
+                context_embedder_config={"target": "torch.nn.Linear",
+                                         "params": {"in_features": 4096, "out_features": 64 * SD3_DEPTH}})
+
 
 def _patcher(model):
     import comfy.model_management
@@ -92,6 +102,25 @@ def build_random_flux(seed: int = 0, **over):
             if name.endswith(".scale"):
                 p.fill_(1.0)
     return _patcher(model)
+
+
+def build_random_sd3(seed: int = 0):
+    """A tiny SD3 (ComfyUI's MMDiT and SD3 config: ModelSamplingSD3, shift 3) with random weights, as a
+    ModelPatcher."""
+    import torch
+    import comfy.supported_models
+    model_config = comfy.supported_models.SD3(dict(TINY_SD3))
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({})
+    reset_torch_layers(model, seed)
+    with torch.no_grad():   # the position table is a plain Parameter (torch.empty)
+        model.diffusion_model.pos_embed.normal_(0.0, 0.02, generator=torch.Generator().manual_seed(seed))
+    return _patcher(model)
+
+
+def sd3_conditioning(text: str = "a dog", tokens: int = 8):
+    """Random SD3 conditioning fixed by the text: context (1, tokens, 4096), pooled (1, 2048)."""
+    return RandomText(context_dim=4096, pooled_dim=2048, tokens=tokens, guidance=None).encode_from_tokens_scheduled(text)
 
 
 class RandomText:

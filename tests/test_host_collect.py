@@ -193,11 +193,12 @@ def test_collect_bad_inputs(tmp_path, loaded):
 def test_collect_refuses_other_model_families(comfy):
     from sae_concepts.host.loaders import ModelLoadError, check_family
 
-    class SD3:
+    class AuraFlow:
         unet_config = {"context_dim": None, "model_channels": None}
 
     class Fake:
         class model:
-            model_config = SD3()
-    with pytest.raises(ModelLoadError, match="sd3.safetensors is detected as SD3 .*not an SD1.x, SDXL or Flux.1 model"):
-        check_family(Fake, "sd3.safetensors")
+            model_config = AuraFlow()
+    with pytest.raises(ModelLoadError, match="aura.safetensors is detected as AuraFlow .*not one of the SD1.x, SDXL, "
+                                             "Flux.1 and SD3/SD3.5 models SAE Concepts knows"):
+        check_family(Fake, "aura.safetensors")

@@ -1,14 +1,14 @@
-"""The model-family registry: the one place that knows SD1.x, SDXL and Flux.
+"""The model-family registry: the one place that knows SD1.x, SDXL, Flux and SD3.
 
 Adding a family is one module here (building a `ModelFamily`) plus its entry in FAMILIES.
 """
 from __future__ import annotations
 
-from . import flux, sd1, sdxl, toyworld
+from . import flux, sd1, sd3, sdxl, toyworld
 from ..errors import ConfigError
-from .base import DIT, MODEL_TIMESTEP, SCHEDULE, SPATIAL_TRANSFORMER, ModelFamily, UnknownBlock, strip_prefix
+from .base import DIT, MODEL_TIMESTEP, SCHEDULE, SPATIAL_TRANSFORMER, DitStream, ModelFamily, UnknownBlock, strip_prefix
 
-FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (sd1.FAMILY, sdxl.FAMILY, flux.FAMILY, toyworld.FAMILY)}
+FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (sd1.FAMILY, sdxl.FAMILY, flux.FAMILY, sd3.FAMILY, toyworld.FAMILY)}
 
 
 class UnknownFamily(ConfigError):
@@ -32,15 +32,18 @@ def family_of_config(config_name: str) -> ModelFamily | None:
 
 def guess_family(block: str, d_in: int | None = None) -> ModelFamily | None:
     """The family an SAE belongs to from its block name (and width, where names are shared by
-    SD1.x and SDXL): None when nothing fits or it stays ambiguous."""
+    SD1.x and SDXL, or diffusers' transformer_blocks.<i> by Flux and SD3, whose released widths
+    differ): None when nothing fits or it stays ambiguous."""
     fits = [f for f in FAMILIES.values() if f.has_block_name(block)]
     if d_in is not None and len(fits) > 1:
         fits = [f for f in fits if f.width(block) in (None, d_in)] or fits
+    if d_in is not None and len(fits) > 1:
+        fits = [f for f in fits if d_in in f.known_widths] or fits
     return fits[0] if len(fits) == 1 else None
 
 
 __all__ = ["canonical_block", "FAMILIES", "ModelFamily", "UnknownBlock", "UnknownFamily", "get_family", "family_of_config",
-           "guess_family", "strip_prefix", "DIT", "SPATIAL_TRANSFORMER", "MODEL_TIMESTEP", "SCHEDULE"]
+           "guess_family", "strip_prefix", "DitStream", "DIT", "SPATIAL_TRANSFORMER", "MODEL_TIMESTEP", "SCHEDULE"]
 
 
 def canonical_block(name: str, family: str | None = None) -> str:

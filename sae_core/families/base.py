@@ -29,6 +29,16 @@ class UnknownBlock(ConfigError):
 
 
 @dataclass(frozen=True)
+class DitStream:
+    """One kind of DiT block (patch kind DIT): what the host needs to find, patch and read it."""
+    name: str            # the model's ModuleList, also the canonical block prefix: "double_blocks"
+    patch_kind: str      # its key in patches_replace["dit"]: ("double_block", i)
+    alias: str           # diffusers' prefix: "transformer_blocks"
+    released_depth: int  # blocks in the largest released model (lists offered in the UI)
+    text_first: bool = False   # the block sees one stream cat(txt, img): image tokens follow the text
+
+
+@dataclass(frozen=True)
 class ModelFamily:
     name: str                                  # "sd1", "sdxl", "flux": stored in SAE files
     display: str                               # "SD1.x"
@@ -48,6 +58,10 @@ class ModelFamily:
     # Every later norm is a LayerNorm without affine (Flux): a direction's component along the
     # all-ones vector is removed by it, so steering directions are mean-centred.
     centre_directions: bool = False
+    dit_streams: tuple[DitStream, ...] = ()    # DiT families: their block kinds
+    # Widths of the released models: settle a block name two families share (diffusers'
+    # transformer_blocks.<i> is Flux's double block and SD3's joint block) when a file names no family.
+    known_widths: tuple[int, ...] = ()
 
     def canonical_block(self, name: str) -> str:
         """A block name as this family writes it (ComfyUI path), from a ComfyUI path or a diffusers
@@ -102,6 +116,11 @@ class ModelFamily:
         r, c = divmod(token, grid_w)
         return slice(p * r, p * r + p), slice(p * c, p * c + p)
 
+    def dit_stream(self, block: str) -> tuple[DitStream, int]:
+        """(stream, index) of a canonical DiT block name."""
+        kind, i = self.canonical_block(block).rsplit(".", 1)
+        return next(s for s in self.dit_streams if s.name == kind), int(i)
+
     def schedule_t(self, step: int, steps: int) -> float:
         """t of step `step` (0-based) of a run of `steps` steps under the SCHEDULE axis."""
         return 1.0 if steps <= 1 else 1.0 - step / (steps - 1)
@@ -113,6 +132,23 @@ def strip_prefix(name: str) -> str:
         if n.startswith(prefix):
             n = n[len(prefix):]
     return n
+
+
+def dit_family(streams: tuple[DitStream, ...], **fields) -> ModelFamily:
+    """A DiT family: block names `<stream>.<i>` (ComfyUI) or `<alias>.<i>` (diffusers), patched
+    through patches_replace["dit"]."""
+    by_alias = {s.alias: s.name for s in streams}
+    parse = indexed_block_parser({**{re.escape(s.name) + r"\.(\d+)": s.name + ".{}" for s in streams},
+                                  **{re.escape(s.alias) + r"\.(\d+)": s.name + ".{}" for s in streams}})
+
+    def alias(block: str) -> str:
+        kind, i = block.rsplit(".", 1)
+        return next(f"{a}.{i}" for a, n in by_alias.items() if n == kind)
+    display = fields["display"]
+    help_text = f"{display} blocks are " + " and ".join(
+        f"{s.name}.<i> (diffusers {s.alias}.<i>, 0-{s.released_depth - 1} in the largest release)" for s in streams)
+    return ModelFamily(patch_kind=DIT, parse_block=parse, alias_of=alias, blocks_help=help_text,
+                       image_tokens_only=True, dit_streams=streams, **fields)
 
 
 def indexed_block_parser(patterns: dict[str, str]) -> Callable[[str], str | None]:

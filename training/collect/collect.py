@@ -29,9 +29,11 @@ class CollectConfig:
     checkpoint: str = field(default="", metadata={"help": "checkpoint file (.safetensors / .ckpt): SD1.x, SDXL "
                                                          "or an all-in-one Flux file"})
     diffusion_model: str = field(default="", metadata={"help": "instead of --checkpoint: a diffusion-model file "
-                                                              "(as UNETLoader reads, e.g. flux1-dev.safetensors)"})
+                                                              "(as UNETLoader reads, e.g. flux1-dev.safetensors, "
+                                                              "sd3.5_large.safetensors)"})
     text_encoders: str = field(default="", metadata={"help": "with --diffusion-model: comma-separated text-encoder "
-                                                            "files (Flux: clip_l and t5xxl)"})
+                                                            "files (Flux: clip_l and t5xxl; SD3: any of clip_l, "
+                                                            "clip_g, t5xxl)"})
     vae: str = field(default="", metadata={"help": "with --diffusion-model: VAE file (images are saved only with one)"})
     weight_dtype: str = field(default="default", metadata={"help": "diffusion model weights, as UNETLoader's "
                                                               "weight_dtype: default (ComfyUI's choice: float32 on "
@@ -41,7 +43,7 @@ class CollectConfig:
     out: str = field(default="activations", metadata={"help": "output folder (resumes if it exists)"})
     blocks: str = field(default="", metadata={"help": "comma-separated blocks, ComfyUI paths or diffusers names "
                                                      "(default: the paper's three on SD1.x, SDLens's four on SDXL, "
-                                                     "double_blocks.18 on Flux)"})
+                                                     "double_blocks.18 on Flux, joint_blocks.12 on SD3)"})
     quantity: str = field(default="delta", metadata={"help": "delta (output - input, the paper's) or output (the "
                                                             "block's output residual stream, as Shabalin et al.)"})
     guidance: float = field(default=3.5, metadata={"help": "Flux-dev guidance embedding (FluxGuidance); other "
