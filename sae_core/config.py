@@ -11,7 +11,8 @@ class SaeConfig:
     """Shape and encoding rule of a k-sparse autoencoder.
 
     z = ReLU(TopK(W_enc (x / s - b_pre) + b_lat)),  x_hat = s * (W_dec^T z + b_pre)
-    where s is the input scale (1.0 when inputs are not normalised).
+    where s is the input scale: one number (1.0 when inputs are not normalised), or with
+    `standardise` one per input dimension (divisions and products elementwise).
     """
 
     d_in: int
@@ -28,6 +29,12 @@ class SaeConfig:
 
     latent_bias: bool = False
     """SDLens-style bias added inside the TopK. The paper's SAE has none."""
+
+    standardise: bool = False
+    """Per-dimension input scale (each dimension's std; b_pre then takes the mean), as Shabalin
+    et al. standardise Flux activations, whose dimensions differ in scale by orders of magnitude.
+    Decoder rows then live in standardised units; concept directions are mapped back to input
+    units wherever they are used (steering, maps)."""
 
     def __post_init__(self) -> None:
         if self.d_in <= 0:

@@ -28,7 +28,8 @@ def _ids(sae: TopKSAE, concept_ids) -> torch.Tensor:
 def code_in_input_units(sae: TopKSAE, delta: torch.Tensor):
     """(values [P, k], indices [P, k]) of Delta's SAE code, values scaled to input units."""
     code = sae.encode(delta)
-    return code.values * sae.input_scale, code.indices
+    scales = sae.latent_scales()
+    return code.values * (scales[code.indices] if scales.ndim else scales), code.indices
 
 
 def concept_values(values: torch.Tensor, indices: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -45,7 +46,7 @@ def spatial_steer(sae: TopKSAE, delta: torch.Tensor, concept_ids, region: torch.
     values, indices = code_in_input_units(sae, delta)
     norm = values.norm(dim=1, keepdim=True)                  # ||Z_ij||
     f_sum = sae.concept_vectors(ids).sum(0)                  # sum_c f_c (unit vectors)
-    own = concept_values(values, indices, ids) @ sae.W_dec[ids]
+    own = concept_values(values, indices, ids) @ sae.decoder_rows_in_input_units(ids)
     r = region.to(delta.dtype).reshape(-1, 1)
     return r * (beta * norm * f_sum) - (1 - r) * own
 
@@ -100,7 +101,7 @@ def activation_addition(sae: TopKSAE, acts: torch.Tensor, concept_ids, region: t
     sum of the concepts' decoder directions (mean-centred first when `centre`: a LayerNorm without
     affine after the block removes the all-ones component). acts [P, d] are what the SAE reads."""
     ids = _ids(sae, concept_ids)
-    direction = sae.W_dec[ids].sum(0).to(acts.dtype)
+    direction = sae.to_input_space(sae.W_dec[ids].sum(0)).to(acts.dtype)
     if centre:
         direction = direction - direction.mean()
     unit = direction / direction.norm().clamp_min(torch.finfo(direction.dtype).tiny)

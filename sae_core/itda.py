@@ -285,6 +285,17 @@ class ItdaDictionary(nn.Module):
         w = self.W_dec if ids is None else self.W_dec[torch.as_tensor(ids, device=self.atoms.device)]
         return w / w.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
+    # W_dec is already in input units (atoms un-standardised) and input_scale is 1, so the TopKSAE
+    # methods that map standardised units to input units are identities here.
+    def latent_scales(self) -> torch.Tensor:
+        return self.input_scale
+
+    def to_input_space(self, rows: torch.Tensor) -> torch.Tensor:
+        return rows
+
+    def decoder_rows_in_input_units(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.W_dec[ids]
+
     def provenance(self, atom: int) -> dict:
         """Where atom `atom` came from: the prompt id and token position of its training vector."""
         return {"prompt": int(self.prompt[atom]), "pos": int(self.pos[atom])}

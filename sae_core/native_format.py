@@ -3,7 +3,8 @@
 Tensors are named `sae.<i>.<param>`; the header's metadata carries
   format = "sae_concepts.sae_set", format_version = "1",
   saes = JSON list, one object per SAE: {config: SaeConfig, info: SAEInfo,
-         normalisation: {kind: "scalar", scale}, d, n_f, k}.
+         normalisation: {kind: "scalar", scale} or {kind: "per_dimension"} (config.standardise:
+         input_scale is a [d] tensor), d, n_f, k}.
 """
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def save_sae_set(path, entries: SAESet | list[SAEEntry]) -> None:
                 tensors[f"sae.{i}.{name}"] = value.detach().float().contiguous().cpu()
         described.append({
             "config": e.sae.cfg.to_dict(), "info": e.info.to_dict(),
-            "normalisation": {"kind": "scalar", "scale": float(e.sae.input_scale)},
+            "normalisation": ({"kind": "per_dimension"} if e.sae.cfg.standardise
+                              else {"kind": "scalar", "scale": float(e.sae.input_scale)}),
             "d": e.sae.d_in, "n_f": e.sae.n_latents, "k": e.sae.k,
         })
     meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "saes": json.dumps(described)}
@@ -82,7 +84,7 @@ def load_native(path, meta: dict, tensors: dict[str, torch.Tensor]) -> SAESet:
             raise SAEFileError(path, f"SAE #{i}: bad config/info metadata: {e}") from e
         n, d = cfg.n_latents, cfg.d_in
         shapes = {"encoder_weight": (n, d), "latent_bias": (n,), "W_dec": (n, d), "b_pre": (d,),
-                  "input_scale": ()}
+                  "input_scale": (d,) if cfg.standardise else ()}
         require_keys(path, tensors, [f"sae.{i}.{p}" for p in _PARAMS])
         sae = TopKSAE(cfg)
         sae.load_state_dict({p: check_tensor(path, f"sae.{i}.{p}", tensors[f"sae.{i}.{p}"], shapes[p],

@@ -26,7 +26,8 @@ class TopKSAE(nn.Module):
     """Parameters (names are the native file's tensor names):
 
     encoder_weight [n_f, d], latent_bias [n_f], W_dec [n_f, d] (row i = concept vector f_i),
-    b_pre [d] (shared by encoder and decoder), input_scale [] (inputs are divided by it).
+    b_pre [d] (shared by encoder and decoder), input_scale [] (inputs are divided by it), or [d]
+    with `standardise`.
     """
 
     def __init__(self, cfg: SaeConfig, *, device=None, dtype=torch.float32):
@@ -38,7 +39,7 @@ class TopKSAE(nn.Module):
         self.latent_bias = nn.Parameter(torch.zeros(n, **kw), requires_grad=cfg.latent_bias)
         self.W_dec = nn.Parameter(torch.empty(n, d, **kw))
         self.b_pre = nn.Parameter(torch.zeros(d, **kw))
-        self.register_buffer("input_scale", torch.ones((), **kw))
+        self.register_buffer("input_scale", torch.ones((d,) if cfg.standardise else (), **kw))
         self.reset_parameters()
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
@@ -86,7 +87,39 @@ class TopKSAE(nn.Module):
     def concept_vectors(self, ids=None) -> torch.Tensor:
         """Unit-norm concept directions f_i (rows of W_dec), in input space."""
         w = self.W_dec if ids is None else self.W_dec[torch.as_tensor(ids, device=self.W_dec.device)]
+        w = self.to_input_space(w)
         return w / w.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+    # ---- input units -------------------------------------------------------------
+    # Latent i adds z_i * (W_dec[i] * s) to x_hat. With one scale s that is (z_i * s) * W_dec[i]: code
+    # values times s are "input units" and W_dec's rows keep their direction. With a per-dimension s
+    # the direction itself changes, so a latent's input-unit factor is ||W_dec[i] * s|| / ||W_dec[i]||
+    # (s again when all dimensions share it) and its row in input space is W_dec[i] * s over that.
+    @property
+    def standardised(self) -> bool:
+        return self.input_scale.ndim == 1
+
+    def to_input_space(self, rows: torch.Tensor) -> torch.Tensor:
+        """Directions in the SAE's (standardised) units -> input units: unchanged for one scale."""
+        return rows * self.input_scale if self.standardised else rows
+
+    def latent_scales(self) -> torch.Tensor:
+        """Per latent, the factor from code values to input units: [n_f] (or the scalar scale)."""
+        if not self.standardised:
+            return self.input_scale
+        version = (self.W_dec._version, self.input_scale._version, self.W_dec.data_ptr())
+        if getattr(self, "_latent_scales_for", None) != version:   # frozen SAEs compute it once
+            w = self.W_dec.detach()
+            self._latent_scales = (w * self.input_scale).norm(dim=1) / w.norm(dim=1).clamp_min(1e-12)
+            self._latent_scales_for = version
+        return self._latent_scales
+
+    def decoder_rows_in_input_units(self, ids: torch.Tensor) -> torch.Tensor:
+        """W_dec[ids] mapped to input space with the norms the code values in input units expect."""
+        rows = self.W_dec[ids]
+        if not self.standardised:
+            return rows
+        return rows * self.input_scale / self.latent_scales()[ids][:, None]
 
     # ---- training ----------------------------------------------------------------
     def forward(self, x: torch.Tensor, dead_ids: torch.Tensor | None = None, k_aux: int = 0) -> ForwardOutput:

@@ -43,7 +43,8 @@ class TrainConfig:
     a tenth of the run's vectors, at most 10M, when the run length is known (max_steps or the
     trainer's expected_steps), else 10M; with `paper`, 10M."""
     normalise_input: bool = True
-    """Divide inputs by a scalar so that E||x||^2 = d (estimated from the first batch)."""
+    """Divide inputs by a scalar so that E||x||^2 = d (estimated from the first batch); for an
+    SAE with `standardise`, each dimension by its std over the first batch."""
     init_sample: int = 4096
     """Vectors of the first batch used for the geometric-median pre-bias and the input scale."""
     max_steps: int = 0
@@ -55,6 +56,18 @@ class TrainConfig:
     paper: bool = False
     """The paper's exact settings: lr 1e-4 and dead after 10M vectors where lr/dead_after are
     left automatic (k_aux 256, alpha 1/32, batch 4096 and n_f = 4d are the defaults already)."""
+
+
+def per_dimension_std(sample: torch.Tensor) -> torch.Tensor:
+    """Each column's std over the sample rows, the same at any thread count (column sums in fixed
+    row blocks). A column that barely varies gets the median std instead: dividing by ~0 would
+    turn rounding noise into the loudest input the SAE sees."""
+    n = sample.shape[0]
+    mean = torch.stack([thread_stable_sum(col) for col in sample.t()]) / n
+    var = torch.stack([thread_stable_sum(col) for col in (sample - mean).pow(2).t()]) / max(n - 1, 1)
+    std = var.sqrt()
+    floor = 1e-3 * std.median()
+    return torch.where(std > floor, std, std.median().clamp_min(1e-12))
 
 
 class TrainingError(SAEConceptsError, RuntimeError):
@@ -134,7 +147,9 @@ class Trainer:
     @torch.no_grad()
     def _initialise(self, x: torch.Tensor) -> None:
         sample = x[: self.cfg.init_sample].float()
-        if self.cfg.normalise_input:
+        if self.cfg.normalise_input and self.sae_cfg.standardise:
+            self.sae.input_scale.copy_(per_dimension_std(sample).to(self.device))
+        elif self.cfg.normalise_input:
             scale = thread_stable_sum(sample.pow(2)).div(sample.shape[0] * self.sae_cfg.d_in).sqrt()
             self.sae.input_scale.fill_(float(scale) if scale > 0 else 1.0)
         self.sae.b_pre.copy_(geometric_median(sample / self.sae.input_scale.cpu().float()).to(self.device))

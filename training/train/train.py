@@ -31,6 +31,9 @@ class TrainCommandConfig:
     expansion_factor: int = field(default=4, metadata={"help": "n_f = expansion_factor * d"})
     k: int = field(default=10, metadata={"help": "active latents per vector"})
     latent_bias: bool = field(default=False, metadata={"help": "SDLens-style latent bias"})
+    standardise: bool = field(default=False, metadata={"help": "per-dimension input scale (each dimension's std "
+                                                               "over the first batch, as Shabalin et al. on Flux) "
+                                                               "instead of one scale for all"})
     batch_size: int = field(default=4096, metadata={"help": "vectors per step (per rank)"})
     shuffle_window: int = field(default=1 << 20, metadata={"help": "vectors shuffled together in memory"})
     epochs: int = field(default=1, metadata={"help": "passes over the data"})
@@ -76,7 +79,11 @@ def run_settings(cmd: TrainCommandConfig, train: TrainConfig, shards: ShardSet, 
     return {"out": str(Path(cmd.out).resolve()), "shards_fingerprint": shards.fingerprint(), "keys": keys,
             "expansion_factor": cmd.expansion_factor, "k": cmd.k, "latent_bias": cmd.latent_bias,
             "batch_size": cmd.batch_size, "shuffle_window": cmd.shuffle_window, "epochs": cmd.epochs,
-            "world_size": world, **t}
+            "world_size": world, "standardise": cmd.standardise, **t}
+
+
+# Settings added after runs were first recorded, with the value a run.json without them had.
+ADDED_SETTINGS = {"standardise": False}
 
 
 def start_or_resume(cmd: TrainCommandConfig, settings: dict, run: Path, shards: ShardSet) -> None:
@@ -87,7 +94,7 @@ def start_or_resume(cmd: TrainCommandConfig, settings: dict, run: Path, shards: 
                   f"(or --run-dir)")
     if record.exists():
         old = json.loads(record.read_text())
-        differ = [k for k in settings if old.get(k) != settings[k]]
+        differ = [k for k in settings if old.get(k, ADDED_SETTINGS.get(k)) != settings[k]]
         if differ:
             what = []
             for k in differ:
@@ -95,7 +102,7 @@ def start_or_resume(cmd: TrainCommandConfig, settings: dict, run: Path, shards: 
                     what.append(f"the shards in {shards.root} changed since (shards added, redone or removed)")
                 else:
                     flag = "--" + k.replace("_", "-")
-                    what.append(f"{flag}: {old.get(k)!r} then, {settings[k]!r} now")
+                    what.append(f"{flag}: {old.get(k, ADDED_SETTINGS.get(k))!r} then, {settings[k]!r} now")
             raise ConfigError(f"{run} holds a training run with other settings: {'; '.join(what)}; {start_over}")
     elif out.exists():
         raise ConfigError(f"--out {out} already exists and no training run for it is recorded in {run}: it would "
@@ -139,7 +146,8 @@ def train_saes(cmd: TrainCommandConfig, train: TrainConfig, progress: bool = Tru
     for key in keys:
         block, t, cond = parse_key(key)
         d = dims[key]
-        sae_cfg = SaeConfig(d_in=d, expansion_factor=cmd.expansion_factor, k=cmd.k, latent_bias=cmd.latent_bias)
+        sae_cfg = SaeConfig(d_in=d, expansion_factor=cmd.expansion_factor, k=cmd.k, latent_bias=cmd.latent_bias,
+                            standardise=cmd.standardise)
         safe = key.replace("|", "_").replace("=", "")
         expected = math.ceil(shards.vectors(key) / (world * cmd.batch_size)) * cmd.epochs
         if train.max_steps:
