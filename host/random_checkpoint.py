@@ -31,6 +31,25 @@ def reset_torch_layers(module, seed: int) -> None:
     torch.random.set_rng_state(state)
 
 
+def random_state(shapes: dict, norms: set, seed: int) -> dict:
+    """fp16 tensors for {key: shape}: norm weights (`norms`) 1, other vectors N(0, 0.02^2), matrices
+    and kernels scaled by 1/sqrt(fan_in), position ids 0..n-1."""
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for k, shape in sorted(shapes.items()):
+        if k.endswith("position_ids"):
+            tensors[k] = torch.arange(shape[-1]).reshape(shape)
+        elif k in norms:
+            tensors[k] = torch.ones(shape, dtype=torch.float16)
+        elif len(shape) == 1:
+            tensors[k] = (0.02 * torch.randn(shape, generator=g)).half()
+        else:
+            fan_in = max(1, int(torch.tensor(shape[1:]).prod()))
+            tensors[k] = (torch.randn(shape, generator=g) / fan_in ** 0.5).half()
+    return tensors
+
+
 def write_random_sd1_checkpoint(path, seed: int = 0) -> Path:
     """A single-file SD1.5 checkpoint (U-Net + CLIP-L + VAE, fp16) with random weights, built
     from ComfyUI's own modules on the meta device, so real loaders detect and load it. For
@@ -67,18 +86,7 @@ def write_random_sd1_checkpoint(path, seed: int = 0) -> Path:
                                       'attn_resolutions': [], 'dropout': 0.0}, embed_dim=4)
         shapes.update({f"first_stage_model.{k}": v.shape for k, v in vae.state_dict().items()})
         collect_norms(vae, "first_stage_model.")
-    g = torch.Generator().manual_seed(seed)
-    tensors = {}
-    for k, shape in sorted(shapes.items()):
-        if k.endswith("position_ids"):
-            tensors[k] = torch.arange(shape[-1]).reshape(shape)
-        elif k in norms:
-            tensors[k] = torch.ones(shape, dtype=torch.float16)
-        elif len(shape) == 1:
-            tensors[k] = (0.02 * torch.randn(shape, generator=g)).half()
-        else:
-            fan_in = max(1, int(torch.tensor(shape[1:]).prod()))
-            tensors[k] = (torch.randn(shape, generator=g) / fan_in ** 0.5).half()
+    tensors = random_state(shapes, norms, seed)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"note": "random weights, for tests only (sae_concepts)"})
     return path

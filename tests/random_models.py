@@ -123,6 +123,41 @@ def sd3_conditioning(text: str = "a dog", tokens: int = 8):
     return RandomText(context_dim=4096, pooled_dim=2048, tokens=tokens, guidance=None).encode_from_tokens_scheduled(text)
 
 
+def write_tiny_sd3(path, seed: int = 0):
+    """build_random_sd3's MMDiT as a diffusion-model file (fp32, ~7.5 MB) that UNETLoader detects as SD3."""
+    from safetensors.torch import save_file
+    dm = build_random_sd3(seed).model.diffusion_model
+    save_file({k: v.contiguous() for k, v in dm.state_dict().items()}, str(path))
+    return path
+
+
+def write_random_clip_l(path, seed: int = 0):
+    """A CLIP-L text-encoder file (fp16, 246 MB: its config is fixed, so it cannot be made small) with
+    random weights, keyed as CLIPLoader reads it."""
+    import torch
+    import comfy.sd1_clip
+    from safetensors.torch import save_file
+    from sae_concepts.host.random_checkpoint import random_state
+    with torch.device("meta"):
+        clip = comfy.sd1_clip.SDClipModel(device="meta", dtype=torch.float16)
+    shapes = {k: v.shape for k, v in clip.transformer.state_dict().items() if "logit_scale" not in k}
+    norms = {f"{n}.weight" for n, m in clip.transformer.named_modules() if isinstance(m, torch.nn.LayerNorm)}
+    save_file(random_state(shapes, norms, seed), str(path))
+    return path
+
+
+def write_random_taesd(folder, name: str, latent_channels: int, seed: int = 0):
+    """<name>_encoder / _decoder.safetensors in `folder` (models/vae_approx), a random TAESD that
+    VAELoader offers as `name` (taesd3: 16 latent channels)."""
+    from safetensors.torch import save_file
+    from comfy.taesd.taesd import TAESD
+    tae = TAESD(latent_channels=latent_channels)
+    reset_torch_layers(tae, seed)
+    for part in ("encoder", "decoder"):
+        save_file({k: v.contiguous() for k, v in getattr(tae, f"taesd_{part}").state_dict().items()},
+                  str(folder / f"{name}_{part}.safetensors"))
+
+
 class RandomText:
     """Stands in for a model's text encoders where the real ones cannot be made tiny (Flux's T5-XXL
     + CLIP-L) or do not fit a tiny U-Net (CLIP-L gives 768-d context, the tiny SD1.x takes 32): a
