@@ -187,6 +187,17 @@ def test_activation_addition_is_centred_and_chains_with_skip_layer_guidance(sd3)
     assert not torch.allclose(out_both, out_slg) and not torch.allclose(out_both, out_steer)
 
 
+def test_spatial_steer_at_the_last_block_changes_only_the_masked_patches(sd3):
+    from sae_concepts.nodes.spatial_concept_steer import SpatialConceptSteer
+    s = SAESet([sd3_sae("joint_blocks.1")])
+    mask = torch.zeros(1, LATENT_H * 8, LATENT_W * 8)
+    mask[:, :48] = 1.0                   # the top 6 latent rows = token rows 0-2
+    m = SpatialConceptSteer.execute(sd3, s, "4", mask, 0.8, "auto", 0.0, 1.0, "both",
+                                    mode="activation_addition").result[0]
+    changed = (sample(m, steps=1) - sample(sd3, steps=1)).abs().sum(dim=(0, 1)) > 0
+    assert changed[:6].any() and not changed[6:].any()
+
+
 def test_concept_map_preview_on_the_token_grid(sd3):
     from sae_concepts.host.block_patch import patch_block
     from sae_concepts.nodes.concept_map_preview import ConceptMapPreview
