@@ -24,6 +24,10 @@ SHIPPED_SAE = "toyworld_v2_sae_set.safetensors"          # what the toy workflow
 SHIPPED_DICT = "toyworld_v2_concept_dictionary.json"
 REPO = Path(__file__).resolve().parent.parent
 TOY_WORKFLOWS = sorted((REPO / "workflows").glob("toyworld_*.json"))
+# The SD1.5 / SDXL / Flux workflows, run with the Toy World in place of their model (their thumbnails).
+MODEL_WORKFLOWS = sorted(w for w in (REPO / "workflows").glob("*.json") if not w.name.startswith("toyworld_"))
+sys.path.insert(0, str(REPO / "workflows"))
+import toy_workflows  # noqa: E402
 
 
 def toy_weights(folder: Path) -> Path:
@@ -75,7 +79,52 @@ def write_toy_models(base: Path, weights: Path) -> str:
         (base / "models" / "toyworld" / "toyworld_v2.safetensors").symlink_to(weights)
         write_random_toy_sae(sae_dir, SHIPPED_SAE, SHIPPED_DICT)
     write_random_toy_sae(sae_dir, TOY_SAE, TOY_DICT)
+    if given is None and shipped_toy_files():
+        from sae_concepts.nodes.toyworld_nodes import SHIPPED_SAE_DIR, SHIPPED_WEIGHTS
+        toy_files = SHIPPED_SAE_DIR / SHIPPED_SAE, SHIPPED_WEIGHTS
+    else:
+        toy_files = sae_dir / SHIPPED_SAE, base / "models" / "toyworld" / "toyworld_v2.safetensors"
+    write_set_with_means(*toy_files, sae_dir / toy_workflows.TOY_SAE_WITH_MEANS)
     return "toy_under_test.safetensors"
+
+
+def write_set_with_means(sae_path: Path, weights: Path, out: Path, seed: int = 0) -> None:
+    """The SAE set with each feature's mean activation (SDLens's mean.pt, which mode 'sdlens' scales
+    by): the mean of its nonzero code values over every position, step and row of toy samples of
+    the training prompts' kind, at the SAE's block (cond / uncond rows as the SAE was trained)."""
+    from sae_concepts.host.block_patch import patch_block
+    from sae_concepts.sae_core import load_sae
+    from sae_concepts.training.toyworld.comfy_parts import load_toy_parts
+    from sae_concepts.training.toyworld.sampling import sample_images
+    sae_set = load_sae(sae_path)
+    model, clip, _ = load_toy_parts(weights.resolve())
+    seen: dict = {}
+
+    def recorder(block):
+        def edit(delta, call):
+            for kind in ("cond", "uncond"):
+                rows = [i for i, k in enumerate(call.row_kinds) if k == kind]
+                if rows:
+                    d = delta[rows].detach().float()
+                    seen.setdefault((block, kind), []).append(d.permute(0, 2, 3, 1).reshape(-1, d.shape[1]))
+        return edit
+
+    for block in sorted({e.info.block for e in sae_set}):
+        model = patch_block(model, block, recorder(block))
+    prompts = ["red circle on plain background", "blue square and yellow triangle on striped background",
+               "green triangle on checkered background", "yellow circle and red square on dotted background"]
+    with torch.no_grad():
+        sample_images(model, clip.text_encoder, prompts, seed=seed, steps=10)
+        entries = []
+        for e in sae_set:
+            kinds = ("cond", "uncond") if e.info.cond == "both" else (e.info.cond,)
+            x = torch.cat([d for k in kinds for d in seen[(e.info.block, k)]])
+            code = e.sae.encode(x)
+            total = torch.zeros(e.sae.n_latents).index_add_(0, code.indices.flatten(), code.values.flatten().float())
+            fired = torch.zeros(e.sae.n_latents).index_add_(0, code.indices.flatten(),
+                                                            (code.values.flatten() > 0).float())
+            entries.append(SAEEntry(e.sae, e.info, latent_mean=total / fired.clamp_min(1)))
+    save_sae_set(out, entries)
 
 
 def write_random_toy_sae(sae_dir: Path, sae_name: str, dict_name: str) -> None:
@@ -214,20 +263,77 @@ def test_toy_workflow_runs_in_the_server(toy_server, workflow):
     for k, v in steered.items():
         assert np.abs(v - imgs[k.replace("_steered", "_unsteered")]).max() >= 1, f"{k}: steering changed nothing"
     if os.environ.get("SAE_CONCEPTS_TOY_PICTURES") and shipped_toy_files():
-        sys.path.insert(0, str(REPO / "workflows"))
-        from toy_thumbnails import thumbnail
-        titles = {n["id"]: n.get("title", n["type"]) for n in ui["nodes"]}
-        steer = next((n for n in ui["nodes"] if n["type"] in ("SAEConcepts_SpatialConceptSteer",
-                                                            "SAEConcepts_GlobalStyleSteer")), None)
-        prompt = next(n["widgets_values"][0] for n in ui["nodes"] if n.get("title", "").startswith("Positive"))
-        panels = []
-        for nid, node in api.items():
-            if node["class_type"] != "SaveImage":
-                continue
-            prefix = node["inputs"]["filename_prefix"]
-            settings = f"'{prompt}'"
-            if prefix.endswith("_steered") and steer is not None:
-                w = steer["widgets_values"]
-                settings += f"; {w[0]}, beta {w[2]:g}, window {w[4]:g}-{w[5]:g}" + (f", {w[8]}" if len(w) > 8 else "")
-            panels.append((imgs[prefix].astype("uint8"), titles[int(nid)], settings))
-        thumbnail(panels, REPO / "workflows" / workflow.replace(".json", ".jpg"))
+        write_thumbnail(toy_server, ui, api, hist, REPO / "workflows" / workflow.replace(".json", ".jpg"))
+
+
+STEER_TYPES = ("SAEConcepts_SpatialConceptSteer", "SAEConcepts_GlobalStyleSteer")
+FAMILY = {"sdxl": "SDXL", "flux": "Flux"}
+
+
+def steer_settings(api: dict, nid: str) -> str:
+    """The steer nodes feeding node `nid`'s model, in graph order: what each does, with which settings."""
+    out = []
+    src = api[nid]["inputs"]["model"][0]
+    while api[src]["class_type"] in STEER_TYPES:
+        i = api[src]["inputs"]
+        kind = "spatial" if api[src]["class_type"] == STEER_TYPES[0] else "global"
+        out.append(f"{kind} '{i['concept']}' beta {i['beta']:g}, window {i['start_percent']:g}-{i['end_percent']:g}, "
+                   f"rows {i['rows']}, mode {i['mode']}" + (f", {i['normalisation']}" if "normalisation" in i else ""))
+        src = i["model"][0]
+    return "; ".join(reversed(out))
+
+
+def write_thumbnail(srv, ui: dict, api: dict, hist: dict, out: Path, caption: str = "") -> None:
+    """workflows/<name>.jpg from the images a run of `api` (built from `ui`) showed: one panel per
+    SaveImage / PreviewImage / ConceptMapPreview output, titled as in the workflow, with the prompt
+    and the steering settings under it."""
+    from toy_thumbnails import thumbnail
+    titles = {str(n["id"]): n.get("title", n["type"]) for n in ui["nodes"]}
+    prompt = next(n["inputs"]["text"] for n in api.values() if n["class_type"] == "CLIPTextEncode" and n["inputs"]["text"])
+    feeds = {}   # image node -> the sampler (KSampler / ConceptMapPreview) it shows
+    for nid, node in api.items():
+        src = node["inputs"].get("images", [nid])[0]
+        while api[src]["class_type"] in ("VAEDecode", "MaskToImage"):
+            src = api[src]["inputs"].get("samples", api[src]["inputs"].get("mask"))[0]
+        feeds[nid] = src
+    saved = {node["inputs"]["images"][0] for node in api.values() if "images" in node["inputs"]}
+    panels = []
+    for nid, node in api.items():
+        if node["class_type"] not in ("SaveImage", "PreviewImage", "SAEConcepts_ConceptMapPreview") or nid in saved:
+            continue   # a concept map already saved by an image node is shown once, there
+        sampler = api[feeds[nid]]
+        i = sampler["inputs"]
+        settings = f"'{prompt}', seed {i['seed']}, {i['steps']} {i['sampler_name']} steps, cfg {i['cfg']:g}"
+        title = titles[nid]
+        if sampler["class_type"] == "SAEConcepts_ConceptMapPreview":
+            settings += f"; '{i['concept']}' at {i['block']}, at_percent {i['at_percent']:g}"
+            if title.count("'") == 2:   # the workflow's word, e.g. "Where 'cat' is at t = 1.0"
+                title = title.split("'")[0] + f"'{i['concept']}'" + title.split("'")[2]
+        else:
+            steer = steer_settings(api, feeds[nid])
+            settings += f"; {steer}" if steer else ""
+        panels.append((saved_image(srv, hist, nid).astype("uint8"), title, settings))
+    thumbnail(panels, out, caption, lines=7)
+
+
+@pytest.mark.parametrize("workflow", [w.name for w in MODEL_WORKFLOWS])
+def test_model_workflow_runs_on_the_toy_world(toy_server, workflow):
+    """Every SD1.5 / SDXL / Flux workflow runs in the server with the Toy World in place of its model
+    (toy_workflows.on_toy_world: same nodes and steering settings), steered differs from unsteered.
+    With SAE_CONCEPTS_TOY_PICTURES=1 and the shipped model its outputs become workflows/<name>.jpg,
+    captioned as rendered on the Toy World."""
+    import os
+    ui = json.loads((REPO / "workflows" / workflow).read_text())
+    api = toy_workflows.on_toy_world(ui_to_api(ui, toy_server["object_info"]), workflow[:-5])
+    hist = run(toy_server, api)
+    assert hist["status"]["status_str"] == "success", hist["status"]
+    imgs = images_of(toy_server, hist, api)
+    for k, v in imgs.items():
+        if k.endswith("_steered"):
+            assert np.abs(v - imgs[k.replace("_steered", "_unsteered")]).max() >= 1, f"{k}: steering changed nothing"
+    if os.environ.get("SAE_CONCEPTS_TOY_PICTURES") and shipped_toy_files():
+        family = FAMILY.get(workflow.split("_")[0], "SD1.5")
+        write_thumbnail(toy_server, ui, api, hist, REPO / "workflows" / workflow.replace(".json", ".jpg"),
+                        caption=f"{workflow}: same graph on the Toy World model (48 px, trained here; toy prompt, "
+                                f"SAE set, words and sampler); your {family} checkpoint gives real images. "
+                                + toy_workflows.ON_TOY[workflow[:-5]]["note"])

@@ -63,3 +63,15 @@ def test_layout_check_catches_an_overlap(built):
     assert overlapping(ui, mod.TITLE_H) == [(1, 2)]
     ui["nodes"][1]["pos"] = [50, 170]   # below it, with the title bar clear
     assert overlapping(ui, mod.TITLE_H) == []
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in WORKFLOWS.glob("*.json")))
+def test_every_workflow_has_a_thumbnail(name):
+    """ComfyUI's template browser shows workflows/<name>.jpg beside each workflow: the Toy World ones
+    and the SD1.5 / SDXL / Flux ones alike (rendered by tests/test_host_toyworld.py with
+    SAE_CONCEPTS_TOY_PICTURES=1)."""
+    from PIL import Image
+    jpg = WORKFLOWS / f"{name}.jpg"
+    assert jpg.is_file(), f"{name}.json has no thumbnail: run SAE_CONCEPTS_TOY_PICTURES=1 pytest tests/test_host_toyworld.py"
+    with Image.open(jpg) as im:
+        assert im.format == "JPEG" and im.width >= 240 and im.height >= 240

@@ -7,6 +7,8 @@ the README's "The paper on the Toy World" tables.
 """
 from __future__ import annotations
 
+import json
+
 TOY_LOAD, TOY_LATENT, QUADRANT = ("SAEConcepts_LoadToyWorld", "SAEConcepts_ToyWorldEmptyLatent",
                                   "SAEConcepts_QuadrantMask")
 WEIGHTS = "toyworld_v2.safetensors"
@@ -141,3 +143,81 @@ def builders(ns: dict) -> tuple:
         g.save("toyworld_suppression")
 
     return (composition, style, concept_map, suppression)
+
+
+# The SD1.5 / SDXL / Flux workflows rendered on the Toy World (their template thumbnails): the same
+# graph, with what names a model the toy lacks swapped for the toy's own (on_toy_world). Per workflow:
+# the toy prompt and seed, the toy word each steer or concept map uses, and a beta only where the
+# workflow's own changes nothing visible on the toy (then `note`, in the caption, says so). Window,
+# rows and mode stay the workflow's own; the sampler becomes the toy's (TOY_SAMPLER).
+BLOB = "On the toy the spatial steer disturbs the picture, most in the region, but draws no red circle (README)."
+ON_TOY = {
+    "composition_spatial_steer": dict(prompt=SETTINGS["composition"]["prompt"], seed=4, spatial="red circle",
+                                      note=BLOB),
+    "style_global_steer": dict(prompt=SETTINGS["style"]["prompt"], seed=SETTINGS["style"]["seed"], style="striped",
+                               note="On the toy no style steer measured changed the detected style (README): "
+                                    "no visible change, shown as it is."),
+    "concept_map_first_step": dict(prompt=SETTINGS["concept_map"]["prompt"], seed=5, concept_map="red circle",
+                                   block=SETTINGS["concept_map"]["block"],
+                                   note="The toy draws triangles for every shape word; compare the map at t = 1 "
+                                        "with where the objects end up."),
+    "combined_spatial_and_style": dict(prompt=SETTINGS["composition"]["prompt"], seed=4, spatial="red circle",
+                                       style="striped", note=BLOB),
+    "sdxl_turbo_sdlens_paint": dict(prompt=SETTINGS["composition"]["prompt"], seed=4, spatial="red circle",
+                                    beta=1000.0, note="Strength 1000, not the workflow's 10, which changes nothing "
+                                    "visible on the toy; it disturbs the whole picture, no red circle appears. "
+                                    "Feature means measured on toy samples."),
+    "flux_activation_addition": dict(prompt=SETTINGS["composition"]["prompt"], seed=4, spatial="red circle",
+                                     beta=64.0, note="beta 64, not the workflow's 0.8, which changes nothing "
+                                     "visible on the toy: the object changes, no red circle appears."),
+}
+# SDLens paint scales by each feature's mean activation, which the toy SAE set does not carry: the
+# host test writes the set with those means measured on toy samples under this name.
+TOY_SAE_WITH_MEANS = "toyworld_v2_sae_set_with_means.safetensors"
+MODEL_LOADERS = {"CheckpointLoaderSimple": None, "UNETLoader": 0, "DualCLIPLoader": 1, "VAELoader": 2}
+STEERS = {"SAEConcepts_SpatialConceptSteer": "spatial", "SAEConcepts_GlobalStyleSteer": "style"}
+
+
+def on_toy_world(api: dict, name: str) -> dict:
+    """The API-format graph of workflow `name` with the Toy World in place of its model: one Load
+    Toy World for the checkpoint / UNET + CLIP + VAE loaders, the toy latent for the empty latent,
+    toy prompts (negatives empty = unconditional), the shipped toy SAE set and dictionary, toy words
+    for the concepts, the toy's paper blocks ('auto': every block whose dictionary knows the word)
+    and the toy sampler. Every other node and setting is the workflow's own."""
+    s = ON_TOY[name]
+    api = json.loads(json.dumps(api))
+    loaders = [nid for nid, n in api.items() if n["class_type"] in MODEL_LOADERS]
+    toy = loaders[0]
+    moved = {nid: (toy, MODEL_LOADERS[api[nid]["class_type"]]) for nid in loaders}
+    for nid in loaders[1:]:
+        del api[nid]
+    api[toy] = {"class_type": TOY_LOAD, "inputs": {"weights": WEIGHTS}}
+    for node in api.values():
+        for key, v in node["inputs"].items():
+            if isinstance(v, list) and v[0] in moved and moved[v[0]][1] is not None:
+                node["inputs"][key] = [toy, moved[v[0]][1]]
+    positives = set()
+    steps, cfg, sampler, scheduler = TOY_SAMPLER
+    for nid, node in api.items():
+        t, inp = node["class_type"], node["inputs"]
+        if t in ("EmptyLatentImage", "EmptySD3LatentImage"):
+            api[nid] = {"class_type": TOY_LATENT, "inputs": {"width": 48, "height": 48, "batch_size": 1}}
+        elif t in ("KSampler", "SAEConcepts_ConceptMapPreview"):
+            inp.update(seed=s["seed"], steps=steps, cfg=cfg, sampler_name=sampler, scheduler=scheduler)
+            positives.add(inp["positive"][0])
+            if t != "KSampler":
+                inp.update(block=s["block"], concept=s["concept_map"])
+        elif t == "SAEConcepts_LoadSAE":
+            inp.update(sae_name=TOY_SAE_WITH_MEANS if any(n["class_type"] in STEERS and n["inputs"]["mode"] == "sdlens"
+                                                          for n in api.values()) else TOY_SAE,
+                       dictionary=TOY_DICTIONARY)
+        elif t in STEERS:
+            inp.update(concept=s[STEERS[t]], block="auto", **({"beta": s["beta"]} if "beta" in s else {}))
+    for nid in list(positives):   # through FluxGuidance to the text encoder
+        while api[nid]["class_type"] != "CLIPTextEncode":
+            nid = api[nid]["inputs"]["conditioning"][0]
+        positives.add(nid)
+    for nid, node in api.items():
+        if node["class_type"] == "CLIPTextEncode":
+            node["inputs"]["text"] = s["prompt"] if nid in positives else ""
+    return api
