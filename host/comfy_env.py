@@ -58,7 +58,12 @@ def import_comfy(cpu: bool | None = None) -> Path:
         logging.getLogger().addFilter(_optional_feature_notices)
         if not torchvision_works():
             use_torchvision_stand_in()
-    import comfy.model_management  # noqa: F401  (initialises devices with the args above)
+            import importlib
+            import comfy.model_management  # noqa: F401  (initialises devices with the args above)
+            for module in COMFY_TORCHVISION_IMPORTERS:
+                importlib.import_module(module)
+            drop_torchvision_stand_in()
+    import comfy.model_management  # noqa: F401
     return root
 
 
@@ -71,8 +76,8 @@ def torchvision_works() -> bool:
     if importlib.util.find_spec("torchvision") is None:
         return False
     try:
-        import torchvision  # noqa: F401
-        return True
+        import torchvision
+        return not getattr(torchvision, "SAE_CONCEPTS_STAND_IN", False)   # the stand-in on PYTHONPATH
     except Exception:   # noqa: BLE001 - any failure to import means: no usable torchvision
         for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
             del sys.modules[name]   # a half-imported broken package must not shadow the stand-in
@@ -85,6 +90,24 @@ def use_torchvision_stand_in() -> None:
     the CLI, benchmarks and tests host ComfyUI this way; a ComfyUI server never runs this."""
     if str(IMPORT_STAND_INS) not in sys.path:
         sys.path.insert(0, str(IMPORT_STAND_INS))   # first: ahead of a broken installed wheel
+
+
+# The ComfyUI modules a headless host imports that import torchvision at module level (v0.8.0:
+# comfy.sd pulls comfy/ldm/cosmos, cascade/stage_c_coder and ace's VAE; comfy.controlnet pulls
+# cascade/controlnet). Imported once under the stand-in, they keep it; nothing else gets it.
+COMFY_TORCHVISION_IMPORTERS = ("comfy.sd", "comfy.controlnet")
+
+
+def drop_torchvision_stand_in() -> None:
+    """Once ComfyUI's model code is imported (its modules keep the stand-in they bound), take the
+    stand-in off sys.path and out of sys.modules: other libraries probe for torchvision
+    (transformers' is_torchvision_available finds any importable `torchvision`) and would take the
+    stand-in for a real one. From here `import torchvision` fails as it does without ComfyUI."""
+    while str(IMPORT_STAND_INS) in sys.path:
+        sys.path.remove(str(IMPORT_STAND_INS))
+    if getattr(sys.modules.get("torchvision"), "SAE_CONCEPTS_STAND_IN", False):
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
 
 
 # ComfyUI logs these at import when optional packages are absent; they concern features a

@@ -48,7 +48,12 @@ class SaeConfig:
                               f"got {self.k}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not d["standardise"]:
+            # added later: left out at its default, so files and fingerprints (which hash this dict)
+            # of one-scale SAEs stay what they were, and dictionaries built on them still match
+            del d["standardise"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "SaeConfig":
