@@ -80,21 +80,14 @@ def split_prompts(cfg: ToyPaperConfig, split: str, n: int) -> list[str]:
 
 
 def object_components(image: np.ndarray):
-    """[(label, bool mask [H, W])] of the detector's objects (same rule as detect.detect)."""
-    from scipy import ndimage
-    from .detect import MIN_AREA, SATURATION_MIN, _PALETTE, _PALETTE_NAMES, classify_shape
-    saturated = (image.max(axis=2) - image.min(axis=2)) > SATURATION_MIN
-    nearest = np.argmin(((image[:, :, None, :] - _PALETTE[None, None]) ** 2).sum(-1), axis=2)
+    """[(label, bool mask [H, W])] of the detector's objects (same-label objects merged), and the
+    detection itself (its style and object mask)."""
+    from .detect import detect
+    d = detect(image)
     found: dict[str, np.ndarray] = {}
-    for ci, colour in enumerate(_PALETTE_NAMES):
-        labels, n = ndimage.label(saturated & (nearest == ci))
-        for k in range(1, n + 1):
-            comp = labels == k
-            if comp.sum() < MIN_AREA:
-                continue
-            label = f"{colour} {classify_shape(comp)[0]}"
-            found[label] = found.get(label, np.zeros_like(comp)) | comp
-    return list(found.items()), saturated
+    for o in d.objects:
+        found[o.label] = found.get(o.label, np.zeros_like(o.mask)) | o.mask
+    return list(found.items()), d
 
 
 def write_masks(split_dir: Path) -> tuple[Path, Path]:
@@ -103,7 +96,7 @@ def write_masks(split_dir: Path) -> tuple[Path, Path]:
     from PIL import Image
     from scipy import ndimage
     from ..storage.masks import save_mask
-    from .detect import detect
+    from .detect import OBJECT_MARGIN
     masks, objects = split_dir / "masks", split_dir / "object_masks"
     done = split_dir / "masks.done"
     if done.exists():
@@ -113,15 +106,14 @@ def write_masks(split_dir: Path) -> tuple[Path, Path]:
     for png in pngs:
         pid = int(png.stem)
         image = np.asarray(Image.open(png).convert("RGB"), dtype=np.float32) / 255
-        comps, saturated = object_components(image)
+        comps, detection = object_components(image)
         found += len(comps)
         for label, m in comps:
             save_mask(masks, pid, label, torch.from_numpy(m))
             save_mask(objects, pid, label, torch.from_numpy(m))
-        style = detect(image).style
-        if style in STYLES:
-            bg = ~ndimage.binary_dilation(saturated, iterations=2)
-            save_mask(masks, pid, style, torch.from_numpy(bg))
+        if detection.style in STYLES:   # the background as the detector reads its style: objects and margin out
+            bg = ~ndimage.binary_dilation(detection.object_mask, iterations=OBJECT_MARGIN)
+            save_mask(masks, pid, detection.style, torch.from_numpy(bg))
     if not found:
         raise ToyPaperError(f"{split_dir}: the detector found no object in any of its {len(pngs)} images: this "
                             f"model does not draw Toy World scenes (untrained weights?), so there is nothing to "
