@@ -88,6 +88,11 @@ def use_torchvision_stand_in() -> None:
     """Make `import torchvision` succeed with the stand-in (host/import_stand_ins: every attribute
     raises), so ComfyUI's model code imports in a headless process without torchvision. Only
     the CLI, benchmarks and tests host ComfyUI this way; a ComfyUI server never runs this."""
+    try:   # transformers (which ComfyUI imports) probes for torchvision once and caches the answer
+        from transformers.utils import is_torchvision_available
+        is_torchvision_available()   # ... so it must ask before the stand-in is there
+    except ImportError:
+        pass
     if str(IMPORT_STAND_INS) not in sys.path:
         sys.path.insert(0, str(IMPORT_STAND_INS))   # first: ahead of a broken installed wheel
 
