@@ -140,3 +140,31 @@ def test_workflow_opens_in_the_real_frontend_without_missing_nodes_or_overlaps(f
         page.wait_for_timeout(300)
         page.screenshot(path=str(Path(shots) / f"{Path(workflow).stem}.png"), clip=clip)
     assert not errors, errors
+
+
+def test_template_browser_shows_a_thumbnail_for_every_workflow(frontend_page):
+    """The frontend's own template browser (Templates -> sae_concepts) asks the server for each
+    template's thumbnail; every one must come back as an image."""
+    page, srv, errors = frontend_page
+    fetched = {}
+
+    def on_response(r):
+        if "/api/workflow_templates/sae_concepts/" in r.url and r.url.endswith(".jpg"):
+            fetched[r.url.rsplit("/", 1)[1]] = (r.status, r.headers.get("content-type", ""))
+    page.on("response", on_response)
+    try:
+        page.evaluate("() => window.app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+        page.get_by_text("sae_concepts", exact=False).first.click(timeout=30_000)
+        deadline = 60_000
+        while deadline > 0 and len(fetched) < len(WORKFLOWS):
+            page.wait_for_timeout(500)
+            deadline -= 500
+        shots = os.environ.get("SAE_CONCEPTS_SCREENSHOTS")
+        if shots:
+            page.screenshot(path=str(Path(shots) / "template_browser.png"))
+    finally:
+        page.remove_listener("response", on_response)
+        page.keyboard.press("Escape")
+    want = {w.with_suffix(".jpg").name for w in WORKFLOWS}
+    assert set(fetched) == want, f"thumbnails asked for: {sorted(fetched)}; expected {sorted(want)}"
+    assert all(status == 200 and ctype.startswith("image/") for status, ctype in fetched.values()), fetched
