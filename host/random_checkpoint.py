@@ -51,9 +51,9 @@ def random_state(shapes: dict, norms: set, seed: int) -> dict:
 
 
 def write_random_sd1_checkpoint(path, seed: int = 0) -> Path:
-    """A single-file SD1.5 checkpoint (U-Net + CLIP-L + VAE, fp16) with random weights, built
-    from ComfyUI's own modules on the meta device, so real loaders detect and load it. For
-    tests and the demo: no real weights exist offline. Written atomically; ~2 GiB."""
+    """A single-file SD1.5 checkpoint (U-Net + CLIP-L + VAE; U-Net weights fp8, the rest fp16) with
+    random weights, built from ComfyUI's own modules on the meta device, so real loaders detect and
+    load it. For tests and the demo: no real weights exist offline. Written atomically; 1.2 GiB."""
     import torch
     from safetensors.torch import save_file
     import comfy.sd1_clip
@@ -87,6 +87,12 @@ def write_random_sd1_checkpoint(path, seed: int = 0) -> Path:
         shapes.update({f"first_stage_model.{k}": v.shape for k, v in vae.state_dict().items()})
         collect_norms(vae, "first_stage_model.")
     tensors = random_state(shapes, norms, seed)
+    for k, v in tensors.items():
+        # U-Net matrices and kernels stored in fp8, as fp8 checkpoints are shipped: loaded with
+        # weight dtype fp8 (collect --weight-dtype, ComfyUI's --fp8_e4m3fn-unet) the weights are
+        # used as stored, so a process holds the 1.2 GiB file and 0.8 GiB of U-Net, not 2 + 3.2 GiB.
+        if k.startswith("model.diffusion_model.") and v.ndim >= 2:
+            tensors[k] = v.to(torch.float8_e4m3fn)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"note": "random weights, for tests only (sae_concepts)"})
     return path
@@ -97,7 +103,7 @@ def cached_random_sd1_checkpoint(cache_dir=None) -> Path:
     ~/.cache/sae_concepts), written on first use. The name carries a version: bump it when
     the writer changes so stale files are not reused."""
     cache = Path(cache_dir or os.environ.get("SAE_CONCEPTS_CACHE") or Path.home() / ".cache" / "sae_concepts")
-    path = cache / "random_sd15_v2_seed0.safetensors"
+    path = cache / "random_sd15_v3_fp8unet_seed0.safetensors"
     if not path.exists():
         write_random_sd1_checkpoint(path, seed=0)
     return path

@@ -63,8 +63,8 @@ def server(comfy, tmp_path_factory):
     frontend = base / "frontend"
     frontend.mkdir()
     (frontend / "index.html").write_text("<html>headless test</html>")
-    # fp8 U-Net weights (cast to float32 per layer as they run, as ComfyUI does for low-memory cards): the
-    # server peaks at 3.6 GiB while it loads the 2 GiB file, 6 GiB with ComfyUI's float32 default on a CPU.
+    # The checkpoint's U-Net is stored in fp8 and kept so (cast to float32 per layer as it runs, as ComfyUI
+    # does for low-memory cards): ComfyUI's float32 default on a CPU would hold 5.2 GiB while loading.
     with comfy_server(comfy, base, frontend, None if _torchvision_works() else PLACEHOLDER,
                       extra_args=("--fp8_e4m3fn-unet",)) as srv:
         yield srv
