@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from sae_concepts.sae_core import SAEEntry, SAEInfo, SAESet, SaeConfig, TopKSAE
+from dit_checks import (Recorder, concept_map_preview_matches_the_token_grid, random_sae,
+                        steer_chains_with_skip_layer_guidance, window_steps_under_shift)
 
 HIDDEN = 64
 LATENT_H, LATENT_W = 12, 10          # token grid 6 x 5
@@ -36,20 +38,7 @@ def sample(model, steps=3, cfg=1.0, seed=0, sampler="euler", scheduler="simple",
 
 
 def flux_sae(block="double_blocks.1", d=HIDDEN, n=128, k=8, seed=0, t=None, cond="both", quantity="delta"):
-    g = torch.Generator().manual_seed(seed)
-    sae = TopKSAE(SaeConfig(d_in=d, n_latents=n, k=k))
-    sae.reset_parameters(g)
-    return SAEEntry(sae.eval().requires_grad_(False),
-                    SAEInfo(model_family="flux", block=block, t=t, cond=cond, quantity=quantity))
-
-
-class Recorder:
-    def __init__(self):
-        self.calls = []
-
-    def __call__(self, grid, call):
-        self.calls.append((grid.clone(), call.sigmas.clone(), list(call.row_kinds)))
-        return None
+    return random_sae("flux", block, d, n, k, seed, t, cond, quantity)
 
 
 # ---- registry and blocks ------------------------------------------------------------------
@@ -141,34 +130,13 @@ def test_token_grid_mapping_steer_one_token_changes_only_its_patch(flux):
 
 
 def test_window_follows_the_schedule_and_ignores_a_later_shift(flux):
-    """start/end percent pick steps by their position in the run's own schedule: the same steps
-    with ModelSamplingFlux's shift changed after the steer (which moves every sigma)."""
     from comfy_extras.nodes_model_advanced import ModelSamplingFlux
-    from sae_concepts.host.block_patch import patch_block
-    from sae_concepts.nodes.global_style_steer import GlobalStyleSteer
-    s = SAESet([flux_sae("double_blocks.1")])
-
-    def steered_steps(shift):
-        below, above = Recorder(), Recorder()
-        m = patch_block(flux, "double_blocks.1", below)
-        m = GlobalStyleSteer.execute(m, s, "5", 50.0, "double_blocks.1", 0.0, 0.4, "both",
-                                     mode="activation_addition").result[0]
-        m = patch_block(m, "double_blocks.1", above)
-        if shift is not None:
-            m = ModelSamplingFlux().patch(m, shift, 0.5, 256, 256)[0]
-        sample(m, steps=6)
-        sigmas = [float(b[1][0]) for b in below.calls]
-        return [i for i, (b, a) in enumerate(zip(below.calls, above.calls)) if not torch.equal(b[0], a[0])], sigmas
-    plain, sig_plain = steered_steps(None)
-    shifted, sig_shift = steered_steps(3.0)
-    assert plain == shifted == [0, 1, 2]          # step / 6 in [0, 0.4]
-    assert sig_plain != sig_shift
+    window_steps_under_shift(flux, SAESet([flux_sae("double_blocks.1")]), "double_blocks.1", sample,
+                             lambda m: ModelSamplingFlux().patch(m, 3.0, 0.5, 256, 256)[0])
 
 
 def test_our_patch_wraps_an_existing_dit_patch_and_chains_with_skip_layer_guidance(flux):
-    from comfy_extras.nodes_slg import SkipLayerGuidanceDiT
     from sae_concepts.host.block_patch import patch_block
-    from sae_concepts.nodes.global_style_steer import GlobalStyleSteer
     seen = []
 
     def theirs(args, extra):   # an earlier dit patch on the same key: adds 1 to every image token
@@ -186,14 +154,7 @@ def test_our_patch_wraps_an_existing_dit_patch_and_chains_with_skip_layer_guidan
     # Delta includes their +1: ours ran after theirs, theirs was not dropped.
     torch.testing.assert_close(rec.calls[0][0] - only_ours.calls[0][0], torch.ones_like(rec.calls[0][0]))
     # SkipLayerGuidanceDiT then our steer on the same block: both act.
-    s = SAESet([flux_sae("double_blocks.1")])
-    slg = SkipLayerGuidanceDiT.execute(flux, 3.0, 0.0, 1.0, "1", "", 0.0).result[0]
-    both = GlobalStyleSteer.execute(slg, s, "5", 2.0, "double_blocks.1", 0.0, 1.0, "both",
-                                    mode="activation_addition").result[0]
-    steer = GlobalStyleSteer.execute(flux, s, "5", 2.0, "double_blocks.1", 0.0, 1.0, "both",
-                                     mode="activation_addition").result[0]
-    out_both, out_slg, out_steer = (sample(x, cfg=2.0) for x in (both, slg, steer))
-    assert not torch.allclose(out_both, out_slg) and not torch.allclose(out_both, out_steer)
+    steer_chains_with_skip_layer_guidance(flux, SAESet([flux_sae("double_blocks.1")]), "double_blocks.1", "1", sample)
 
 
 # ---- steering -------------------------------------------------------------------------------
@@ -242,27 +203,8 @@ def test_paper_steers_run_on_flux_and_are_mean_centred(flux):
 
 
 def test_concept_map_preview_on_the_token_grid(flux):
-    from sae_concepts.host.block_patch import patch_block
-    from sae_concepts.nodes.concept_map_preview import ConceptMapPreview
-    from sae_concepts.sae_core.concept_render import colour_map
-    from sae_concepts.sae_core.interventions import top_concepts
-    entry = flux_sae("double_blocks.1")
-    s = SAESet([entry])
-    latent = {"samples": torch.zeros(1, 16, LATENT_H, LATENT_W)}
-    pos, neg = conditioning("a dog"), conditioning("")
-    image, mask, text = ConceptMapPreview.execute(flux, s, pos, neg, latent, 0, 4, 1.0, "euler", "simple", 0.0,
-                                                  "auto", False, 5, concept="4", live_preview=False).result
-    assert image.shape == (1, LATENT_H * 8, LATENT_W * 8, 3) and mask.shape == (1, LATENT_H * 8, LATENT_W * 8)
-    assert "double_blocks.1, step 1/4 (t = 1.0)" in text
-    rec = Recorder()
-    import comfy.sample
-    noise = comfy.sample.prepare_noise(latent["samples"], 0)
-    comfy.sample.sample(patch_block(flux, "double_blocks.1", rec), noise, 4, 1.0, "euler", "simple", pos, neg,
-                        latent["samples"], last_step=1, disable_pbar=True, seed=0)
-    rows = rec.calls[0][0][0].reshape(HIDDEN, -1).t()
-    ids, strength = top_concepts(entry.sae, rows)
-    expected = colour_map(ids.reshape(GRID_H, GRID_W), strength.reshape(GRID_H, GRID_W), (LATENT_H * 8, LATENT_W * 8))
-    torch.testing.assert_close(image[0], expected)
+    concept_map_preview_matches_the_token_grid(flux, flux_sae("double_blocks.1"), conditioning("a dog"),
+                                               conditioning(""), (LATENT_H, LATENT_W), HIDDEN, (GRID_H, GRID_W))
 
 
 # ---- bad input ------------------------------------------------------------------------------

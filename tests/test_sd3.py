@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from sae_concepts.sae_core import SAEEntry, SAEInfo, SAESet, SaeConfig, TopKSAE
+from dit_checks import (Recorder, concept_map_preview_matches_the_token_grid, random_sae,
+                        steer_chains_with_skip_layer_guidance, window_steps_under_shift)
 
 HIDDEN = 128
 LATENT_H, LATENT_W = 12, 10          # token grid 6 x 5
@@ -32,20 +34,7 @@ def sample(model, steps=3, cfg=1.0, seed=0, h=LATENT_H, w=LATENT_W):
 
 
 def sd3_sae(block="joint_blocks.0", d=HIDDEN, n=256, k=8, seed=0, t=None, quantity="delta", family="sd3"):
-    g = torch.Generator().manual_seed(seed)
-    sae = TopKSAE(SaeConfig(d_in=d, n_latents=n, k=k))
-    sae.reset_parameters(g)
-    return SAEEntry(sae.eval().requires_grad_(False),
-                    SAEInfo(model_family=family, block=block, t=t, cond="both", quantity=quantity))
-
-
-class Recorder:
-    def __init__(self):
-        self.calls = []
-
-    def __call__(self, grid, call):
-        self.calls.append((grid.clone(), call.sigmas.clone(), list(call.row_kinds)))
-        return None
+    return random_sae(family, block, d, n, k, seed, t, quantity=quantity)
 
 
 def test_sd3_is_recognised_and_its_joint_blocks_resolve(sd3):
@@ -133,35 +122,16 @@ def test_steer_one_token_changes_only_its_patch(sd3, block):
 
 
 def test_window_follows_the_schedule_and_ignores_a_later_shift(sd3):
-    """start/end percent pick steps by their position in the run's own schedule: the same steps
-    with ModelSamplingSD3's shift changed after the steer (which moves every sigma)."""
     from comfy_extras.nodes_model_advanced import ModelSamplingSD3
-    from sae_concepts.host.block_patch import StepClock, patch_block
-    from sae_concepts.nodes.global_style_steer import GlobalStyleSteer
-    s = SAESet([sd3_sae("joint_blocks.0")])
-
-    def steered_steps(shift):
-        below, above = Recorder(), Recorder()
-        m = patch_block(sd3, "joint_blocks.0", below)
-        m = GlobalStyleSteer.execute(m, s, "5", 50.0, "joint_blocks.0", 0.0, 0.4, "both",
-                                     mode="activation_addition").result[0]
-        m = patch_block(m, "joint_blocks.0", above)
-        if shift is not None:
-            m = ModelSamplingSD3().patch(m, shift)[0]
-        sample(m, steps=6)
-        sigmas = [float(b[1][0]) for b in below.calls]
-        return [i for i, (b, a) in enumerate(zip(below.calls, above.calls)) if not torch.equal(b[0], a[0])], sigmas
-    plain, sig_plain = steered_steps(None)
-    shifted, sig_shift = steered_steps(6.0)
-    assert plain == shifted == [0, 1, 2]          # step / 6 in [0, 0.4]
-    assert sig_plain != sig_shift
+    from sae_concepts.host.block_patch import StepClock
+    window_steps_under_shift(sd3, SAESet([sd3_sae("joint_blocks.0")]), "joint_blocks.0", sample,
+                             lambda m: ModelSamplingSD3().patch(m, 6.0)[0])
     import comfy.samplers
     sigmas = comfy.samplers.calculate_sigmas(sd3.get_model_object("model_sampling"), "simple", 4)
     assert StepClock(sd3).step_ts(sigmas) == pytest.approx([1.0, 2 / 3, 1 / 3, 0.0])
 
 
 def test_activation_addition_is_centred_and_chains_with_skip_layer_guidance(sd3):
-    from comfy_extras.nodes_slg import SkipLayerGuidanceDiT
     from sae_concepts.host.block_patch import patch_block
     from sae_concepts.nodes.global_style_steer import GlobalStyleSteer
     entry = sd3_sae("joint_blocks.1", quantity="output")
@@ -177,14 +147,8 @@ def test_activation_addition_is_centred_and_chains_with_skip_layer_guidance(sd3)
     scale = grid0.reshape(HIDDEN, -1).norm(dim=0).mean()
     expected = (0.8 * scale * direction / direction.norm())[:, None, None].expand(HIDDEN, GRID_H, GRID_W)
     torch.testing.assert_close(grid1 - grid0, expected, rtol=1e-4, atol=1e-5)
-    # SkipLayerGuidanceDiT (made for SD3) on the same key, then our steer: both act.
-    slg = SkipLayerGuidanceDiT.execute(sd3, 3.0, 0.0, 1.0, "1", "", 0.0).result[0]
-    both = GlobalStyleSteer.execute(slg, s, "5", 2.0, "joint_blocks.1", 0.0, 1.0, "both",
-                                    mode="activation_addition").result[0]
-    steer = GlobalStyleSteer.execute(sd3, s, "5", 2.0, "joint_blocks.1", 0.0, 1.0, "both",
-                                     mode="activation_addition").result[0]
-    out_both, out_slg, out_steer = (sample(x, cfg=2.0) for x in (both, slg, steer))
-    assert not torch.allclose(out_both, out_slg) and not torch.allclose(out_both, out_steer)
+    # SkipLayerGuidanceDiT (made for SD3) on the same key, then our steer
+    steer_chains_with_skip_layer_guidance(sd3, s, "joint_blocks.1", "1", sample)
 
 
 def test_spatial_steer_at_the_last_block_changes_only_the_masked_patches(sd3):
@@ -199,26 +163,8 @@ def test_spatial_steer_at_the_last_block_changes_only_the_masked_patches(sd3):
 
 
 def test_concept_map_preview_on_the_token_grid(sd3):
-    from sae_concepts.host.block_patch import patch_block
-    from sae_concepts.nodes.concept_map_preview import ConceptMapPreview
-    from sae_concepts.sae_core.concept_render import colour_map
-    from sae_concepts.sae_core.interventions import top_concepts
-    entry = sd3_sae("joint_blocks.0")
-    s = SAESet([entry])
-    latent = {"samples": torch.zeros(1, 16, LATENT_H, LATENT_W)}
-    pos, neg = cond("a dog"), cond("")
-    image, mask, text = ConceptMapPreview.execute(sd3, s, pos, neg, latent, 0, 4, 1.0, "euler", "simple", 0.0,
-                                                  "auto", False, 5, concept="4", live_preview=False).result
-    assert image.shape == (1, LATENT_H * 8, LATENT_W * 8, 3) and mask.shape == (1, LATENT_H * 8, LATENT_W * 8)
-    assert "joint_blocks.0, step 1/4 (t = 1.0)" in text
-    rec = Recorder()
-    import comfy.sample
-    noise = comfy.sample.prepare_noise(latent["samples"], 0)
-    comfy.sample.sample(patch_block(sd3, "joint_blocks.0", rec), noise, 4, 1.0, "euler", "simple", pos, neg,
-                        latent["samples"], last_step=1, disable_pbar=True, seed=0)
-    ids, strength = top_concepts(entry.sae, rec.calls[0][0][0].reshape(HIDDEN, -1).t())
-    expected = colour_map(ids.reshape(GRID_H, GRID_W), strength.reshape(GRID_H, GRID_W), (LATENT_H * 8, LATENT_W * 8))
-    torch.testing.assert_close(image[0], expected)
+    concept_map_preview_matches_the_token_grid(sd3, sd3_sae("joint_blocks.0"), cond("a dog"), cond(""),
+                                               (LATENT_H, LATENT_W), HIDDEN, (GRID_H, GRID_W))
 
 
 def test_sae_of_another_family_is_refused_naming_both(sd3, tiny_model):
