@@ -163,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the train and held-out activations (~150 MB; by default removed once used)")
     d.add_argument("--comfyui", choices=["auto", "on", "off"], default="off",
                    help="also collect for real through ComfyUI on a random-weight SD1.5 checkpoint (writes "
-                        "~2 GiB once and takes minutes on a CPU; auto: if ComfyUI is found and importable)")
+                        "1.2 GiB once, U-Net in fp8, and takes minutes on a CPU; auto: if ComfyUI is found and "
+                        "importable)")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_demo)
     from ..sae_core import TrainConfig
