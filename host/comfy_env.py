@@ -57,13 +57,12 @@ def import_comfy(cpu: bool | None = None) -> Path:
         args.use_pytorch_cross_attention = True
         logging.getLogger().addFilter(_optional_feature_notices)
         if not torchvision_works():
-            use_torchvision_stand_in()
             import importlib
-            import comfy.model_management  # noqa: F401  (initialises devices with the args above)
-            for module in COMFY_TORCHVISION_IMPORTERS:
+            use_torchvision_stand_in()
+            for module in COMFY_TORCHVISION_IMPORTERS:   # these import comfy.model_management first
                 importlib.import_module(module)
             drop_torchvision_stand_in()
-    import comfy.model_management  # noqa: F401
+    import comfy.model_management  # noqa: F401  (initialises devices with the args above)
     return root
 
 
@@ -79,9 +78,14 @@ def torchvision_works() -> bool:
         import torchvision
         return not getattr(torchvision, "SAE_CONCEPTS_STAND_IN", False)   # the stand-in on PYTHONPATH
     except Exception:   # noqa: BLE001 - any failure to import means: no usable torchvision
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]   # a half-imported broken package must not shadow the stand-in
+        forget_torchvision()   # a half-imported broken package must not shadow the stand-in
         return False
+
+
+def forget_torchvision() -> None:
+    """Drop `torchvision` and its submodules from sys.modules."""
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        del sys.modules[name]
 
 
 def use_torchvision_stand_in() -> None:
@@ -111,8 +115,7 @@ def drop_torchvision_stand_in() -> None:
     while str(IMPORT_STAND_INS) in sys.path:
         sys.path.remove(str(IMPORT_STAND_INS))
     if getattr(sys.modules.get("torchvision"), "SAE_CONCEPTS_STAND_IN", False):
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
+        forget_torchvision()
 
 
 # ComfyUI logs these at import when optional packages are absent; they concern features a

@@ -9,7 +9,7 @@ from comfy_api.latest import io
 from ..sae_core import SD1_BLOCKS, SAEInfo, load_sae
 from ..sae_core.concept_dictionary import ConceptDictionary
 from ..sae_core.errors import ConfigError, SAEConceptsError
-from ..sae_core.families import DIT, FAMILIES
+from ..sae_core.families import released_dit_blocks
 from ..sae_core.families.sdxl import SDXL_BLOCKS as SDXL_REGISTRY_BLOCKS
 from .model_folders import dictionary_files, sae_files
 from .sae_type import CATEGORY, SAE, node_id
@@ -20,8 +20,7 @@ FROM_FILE = "from file"
 # Flux.1's 19 double and 38 single, SD3.5 Large's 38 joint).
 SDXL_BLOCKS = [d for d, _ in SDXL_REGISTRY_BLOCKS.values()]
 FOREIGN_BLOCKS = ([f"sd1 {d}" for d, _ in SD1_BLOCKS.values()] + [f"sdxl {d}" for d in SDXL_BLOCKS]
-                  + [f"{f.name} {s.alias}.{i}" for f in FAMILIES.values() if f.patch_kind == DIT
-                     for s in f.dit_streams for i in range(s.released_depth)])
+                  + [f"{f.name} {s.alias}.{i}" for f, s, i in released_dit_blocks()])
 
 
 _LOADED: dict = {}   # (files, mtimes, block choice) -> SAESet: validation loads, execute reuses

@@ -4,7 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..sae_core import PAPER_BLOCKS, SD1_BLOCKS
-from ..sae_core.families import DIT, FAMILIES
+from ..sae_core.families import released_dit_blocks
 from .steering import AUTO, MODES, ROWS
 
 # SDXL's transformer blocks that SD1.x lacks (ComfyUI paths); SDLens's are input_blocks.8.1,
@@ -12,8 +12,7 @@ from .steering import AUTO, MODES, ROWS
 SDXL_ONLY = ["output_blocks.0.1", "output_blocks.1.1", "output_blocks.2.1"]
 # The DiT families' blocks of their largest releases (Flux.1: 19 double, 38 single; SD3.5 Large: 38
 # joint); a smaller model is checked when the node runs.
-DIT_BLOCKS = [f"{s.name}.{i}" for f in FAMILIES.values() if f.patch_kind == DIT for s in f.dit_streams
-              for i in range(s.released_depth)]
+DIT_BLOCKS = [f"{s.name}.{i}" for _, s, i in released_dit_blocks()]
 BLOCK_OPTIONS = ([AUTO] + list(PAPER_BLOCKS) + [b for b in SD1_BLOCKS if b not in PAPER_BLOCKS] + SDXL_ONLY
                  + DIT_BLOCKS)
 

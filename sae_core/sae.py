@@ -95,17 +95,13 @@ class TopKSAE(nn.Module):
     # values times s are "input units" and W_dec's rows keep their direction. With a per-dimension s
     # the direction itself changes, so a latent's input-unit factor is ||W_dec[i] * s|| / ||W_dec[i]||
     # (s again when all dimensions share it) and its row in input space is W_dec[i] * s over that.
-    @property
-    def standardised(self) -> bool:
-        return self.input_scale.ndim == 1
-
     def to_input_space(self, rows: torch.Tensor) -> torch.Tensor:
         """Directions in the SAE's (standardised) units -> input units: unchanged for one scale."""
-        return rows * self.input_scale if self.standardised else rows
+        return rows * self.input_scale if self.cfg.standardise else rows
 
     def latent_scales(self) -> torch.Tensor:
         """Per latent, the factor from code values to input units: [n_f] (or the scalar scale)."""
-        if not self.standardised:
+        if not self.cfg.standardise:
             return self.input_scale
         version = (self.W_dec._version, self.input_scale._version, self.W_dec.data_ptr())
         if getattr(self, "_latent_scales_for", None) != version:   # frozen SAEs compute it once
@@ -117,7 +113,7 @@ class TopKSAE(nn.Module):
     def decoder_rows_in_input_units(self, ids: torch.Tensor) -> torch.Tensor:
         """W_dec[ids] mapped to input space with the norms the code values in input units expect."""
         rows = self.W_dec[ids]
-        if not self.standardised:
+        if not self.cfg.standardise:
             return rows
         return rows * self.input_scale / self.latent_scales()[ids][:, None]
 

@@ -30,6 +30,13 @@ def family_of_config(config_name: str) -> ModelFamily | None:
     return None
 
 
+def released_dit_blocks() -> list[tuple[ModelFamily, DitStream, int]]:
+    """(family, stream, index) of every DiT block of each family's largest release, in registry
+    order (the block lists the nodes offer; a smaller model is checked when a node runs)."""
+    return [(f, s, i) for f in FAMILIES.values() if f.patch_kind == DIT for s in f.dit_streams
+            for i in range(s.released_depth)]
+
+
 def guess_family(block: str, d_in: int | None = None) -> ModelFamily | None:
     """The family an SAE belongs to from its block name (and width, where names are shared by
     SD1.x and SDXL, or diffusers' transformer_blocks.<i> by Flux and SD3, whose released widths
@@ -43,7 +50,7 @@ def guess_family(block: str, d_in: int | None = None) -> ModelFamily | None:
 
 
 __all__ = ["canonical_block", "FAMILIES", "ModelFamily", "UnknownBlock", "UnknownFamily", "get_family", "family_of_config",
-           "guess_family", "strip_prefix", "DitStream", "DIT", "SPATIAL_TRANSFORMER", "MODEL_TIMESTEP", "SCHEDULE"]
+           "guess_family", "released_dit_blocks", "strip_prefix", "DitStream", "DIT", "SPATIAL_TRANSFORMER", "MODEL_TIMESTEP", "SCHEDULE"]
 
 
 def canonical_block(name: str, family: str | None = None) -> str:
