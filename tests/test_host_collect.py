@@ -2,11 +2,11 @@
 (ComfyUI's loader, full size, in a subprocess as a user runs it), and collect's own logic (shards,
 keys, positions, images, rank split, errors) on a tiny SD1.x U-Net of ComfyUI's classes.
 
-The full-size checkpoint (U-Net stored in fp8) is loaded only by the CLI runs of the resume test,
-one at a time, with `--weight-dtype fp8_e4m3fn`, which keeps the weights as stored: such a process
-peaks at 2.9 GiB (the 1.2 GiB file mapped + 0.8 GiB of U-Net); loaded in ComfyUI's float32 default
-it would hold 5.2 GiB. The test process itself never loads it and the two torchrun ranks use the
-tiny model."""
+The full-size checkpoint (U-Net stored in fp8) is loaded only by one CLI run, with `--weight-dtype
+fp8_e4m3fn`, which keeps the weights as stored: that process peaks at 2.9 GiB (the 1.2 GiB file
+mapped + 0.8 GiB of U-Net); loaded in ComfyUI's float32 default it would hold 5.2 GiB. The test
+process itself never loads it; the resume-after-kill runs and the two torchrun ranks use the tiny
+model through the command as installed (its loader swapped: host_support/collect_tiny_cli.py)."""
 from __future__ import annotations
 
 import json
@@ -115,39 +115,66 @@ def cli_args(cfg, checkpoint) -> list[str]:
     return args + ([] if cfg.save_images else ["--no-save-images"])
 
 
-def test_collect_resumes_after_kill(tmp_path, random_checkpoint):
-    """`sae-concepts collect` on the full-size random SD1.5 checkpoint, killed (SIGKILL) after its
-    first shard and rerun: the result equals, bit for bit, a run that was never killed. One sampling
-    step per prompt: each prompt still takes seconds at full size, so the kill lands mid-run."""
-    cfg = small_cfg(tmp_path, blocks="middle_block.1", timesteps="1.0", steps=1, prompts_per_shard=1,
-                    save_images=False, weight_dtype="fp8_e4m3fn")
-    cli = [sys.executable, "-m", "sae_concepts.training.cli"]
+@pytest.mark.full_size_sd15
+def test_collect_command_on_the_full_size_checkpoint(tmp_path, random_checkpoint):
+    """`sae-concepts collect` as a user runs it on a single-file SD1.5 checkpoint (ComfyUI's loader,
+    full size, fp8 weights as stored): the family and weight dtype are recorded, the mid block's Δ has
+    SD1.5's 1280 channels and is finite. One sampling step per prompt: each takes seconds here."""
+    (tmp_path / "two.txt").write_text("\n".join(PROMPTS[:2]) + "\n")
+    cfg = small_cfg(tmp_path, prompts=str(tmp_path / "two.txt"), blocks="middle_block.1", timesteps="1.0",
+                    steps=1, prompts_per_shard=1, save_images=False, weight_dtype="fp8_e4m3fn")
+    r = subprocess.run([sys.executable, "-m", "sae_concepts.training.cli"] + cli_args(cfg, random_checkpoint),
+                       env=subprocess_env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = ShardSet.open(cfg.out)
+    assert s.config["model_family"] == "sd1" and s.config["weight_dtype"] == "fp8_e4m3fn"
+    assert [sh["prompt_ids"] for sh in s.shards] == [[0], [1]]
+    assert s.keys() == sorted(activation_key("middle_block.1", 1.0, c) for c in ("cond", "uncond"))
+    for sh in s.shards:
+        for key in s.keys():
+            acts = s.read(sh, key)["acts"]
+            assert acts.shape == (4, 1280), "SD1.5's mid block: 1280 channels, 2x2 positions at 128 px"
+            assert torch.isfinite(acts.float()).all(), (sh["file"], key)
+
+
+def test_collect_resumes_after_kill(tmp_path, comfy):
+    """`sae-concepts collect` (as installed, on the tiny SD1.x: host_support/collect_tiny_cli.py),
+    killed (SIGKILL) after its first shards and rerun: the result equals, bit for bit, a run that was
+    never killed, images included. 24 prompts of one shard each, so the kill lands mid-run."""
+    prompts = [f"{p}, view {i}" for i in range(8) for p in PROMPTS]
+    (tmp_path / "many.txt").write_text("\n".join(prompts) + "\n")
+    cfg = small_cfg(tmp_path, prompts=str(tmp_path / "many.txt"), steps=2, prompts_per_shard=1)
+    cli = [sys.executable, str(TINY_CLI)]
     straight_out = tmp_path / "straight"
-    straight = subprocess.run(cli + cli_args(replace(cfg, out=str(straight_out)), random_checkpoint),
+    straight = subprocess.run(cli + cli_args(replace(cfg, out=str(straight_out)), "tiny-sd1"),
                               env=subprocess_env(), capture_output=True, text=True)
     assert straight.returncode == 0, straight.stderr[-3000:]
-    cmd = cli + cli_args(cfg, random_checkpoint)
+    cmd = cli + cli_args(cfg, "tiny-sd1")
     proc = subprocess.Popen(cmd, env=subprocess_env())
     manifest = Path(cfg.out) / "manifest_r000.json"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if manifest.exists() and len(json.loads(manifest.read_text())["shards"]) >= 1:
             break
-        time.sleep(0.1)
+        time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     done = len(json.loads(manifest.read_text())["shards"])
-    assert 1 <= done < 3, f"the run was not killed half-way ({done} shards done)"
+    assert 1 <= done < len(prompts), f"the run was not killed half-way ({done} shards done)"
+    kept = {sh["file"]: (Path(cfg.out) / sh["file"]).stat().st_mtime_ns
+            for sh in json.loads(manifest.read_text())["shards"]}
     assert subprocess.run(cmd, env=subprocess_env()).returncode == 0
+    assert {f: (Path(cfg.out) / f).stat().st_mtime_ns for f in kept} == kept, "finished shards were redone"
     resumed, straight = ShardSet.open(cfg.out), ShardSet.open(straight_out)
-    assert [s["prompt_ids"] for s in resumed.shards] == [[0], [1], [2]]
-    assert resumed.config["model_family"] == "sd1" and resumed.config["weight_dtype"] == "fp8_e4m3fn"
-    assert resumed.keys() == sorted(activation_key("middle_block.1", 1.0, c) for c in ("cond", "uncond"))
+    assert [s["prompt_ids"] for s in resumed.shards] == [[i] for i in range(len(prompts))]
+    assert resumed.keys() == straight.keys() and len(resumed.keys()) == 8   # 2 blocks x 2 t x cond/uncond
     for a, b in zip(resumed.shards, straight.shards):
         for key in resumed.keys():
-            acts = resumed.read(a, key)["acts"]
-            assert acts.shape == (4, 1280), "SD1.5's mid block: 1280 channels, 2x2 positions at 128 px"
-            assert torch.equal(acts, straight.read(b, key)["acts"]), (a["file"], key)
+            assert torch.equal(resumed.read(a, key)["acts"], straight.read(b, key)["acts"]), (a["file"], key)
+    images = sorted(p.name for p in (Path(cfg.out) / "images").iterdir())
+    assert images == sorted(p.name for p in (straight_out / "images").iterdir()) and len(images) == len(prompts)
+    for name in images:
+        assert (Path(cfg.out) / "images" / name).read_bytes() == (straight_out / "images" / name).read_bytes(), name
 
 
 def test_collect_two_ranks_with_torchrun(tmp_path, comfy):

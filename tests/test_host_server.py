@@ -18,6 +18,8 @@ sys.path.insert(0, str(Path(__file__).parent / "host_support"))
 from comfy_server import comfy_server, get  # noqa: E402
 from workflow_convert import ui_to_api  # noqa: E402
 
+pytestmark = pytest.mark.full_size_sd15   # the server loads the full-size random SD1.5
+
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 # SDXL needs an SDXL checkpoint; the Toy World ones run in tests/test_host_toyworld.py
@@ -175,26 +177,33 @@ def test_sdxl_turbo_workflow_converts_and_only_lacks_its_model_files(server):
 def test_validation_errors_name_our_node_and_server_keeps_serving(server):
     ui = json.loads((REPO / "workflows" / "composition_spatial_steer.json").read_text())
     api = small(ui_to_api(ui, server["object_info"]))
+    # ComfyUI queues the branches that are valid and reports the rest: without the unsteered branch
+    # every output depends on the broken node, so nothing is sampled (that branch ran in the test above).
+    api = {k: n for k, n in api.items()
+           if not (n["class_type"] == "SaveImage" and n["inputs"]["filename_prefix"].endswith("_unsteered"))}
     load_id = next(k for k, n in api.items() if n["class_type"] == "SAEConcepts_LoadSAE")
     missing = json.loads(json.dumps(api))
     missing[load_id]["inputs"]["sae_name"] = "missing_file.safetensors"
-    # ComfyUI queues the branches that are valid (the unsteered one) and reports the rest.
     status, body = post(server["url"] + "/prompt", {"prompt": missing})
-    assert status in (200, 400) and load_id in body["node_errors"], body
+    assert status == 400 and load_id in body["node_errors"], body
     assert body["node_errors"][load_id]["class_type"] == "SAEConcepts_LoadSAE"
     assert "missing_file.safetensors" in json.dumps(body["node_errors"][load_id])
     steer_id = next(k for k, n in api.items() if n["class_type"] == "SAEConcepts_SpatialConceptSteer")
     no_mask = json.loads(json.dumps(api))
     del no_mask[steer_id]["inputs"]["mask"]
     status, body = post(server["url"] + "/prompt", {"prompt": no_mask})
-    assert status in (200, 400) and steer_id in body["node_errors"], body
+    assert status == 400 and steer_id in body["node_errors"], body
     assert body["node_errors"][steer_id]["class_type"] == "SAEConcepts_SpatialConceptSteer"
     assert "mask" in json.dumps(body["node_errors"][steer_id])
     typo = json.loads(json.dumps(api))
     typo[steer_id]["inputs"]["concept"] = "dgo"
     status, body = post(server["url"] + "/prompt", {"prompt": typo})
-    assert status in (200, 400) and steer_id in body["node_errors"], body
+    assert status == 400 and steer_id in body["node_errors"], body
     assert "nearest labels: dog" in json.dumps(body["node_errors"][steer_id]), body["node_errors"][steer_id]
     assert get(server["url"] + "/object_info/SAEConcepts_LoadSAE")["SAEConcepts_LoadSAE"]["name"] == "SAEConcepts_LoadSAE"
-    hist = run(server, api)
-    assert hist["status"]["status_str"] == "success"
+    # Still serving: the next prompt runs (a cheap one: the steered graph itself ran in the
+    # workflow tests, and sampling it again here would cost ~40 s of CPU).
+    keep = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "still_serving"}}}
+    hist = run(server, keep)
+    assert hist["status"]["status_str"] == "success" and hist["outputs"]["2"]["images"]
