@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 def main() -> None:
     import conftest  # noqa: F401  (the tests' settings: one torch thread unless OMP_NUM_THREADS is set)
     from sae_concepts.host.comfy_env import import_comfy
-    from sae_concepts.training.toyworld.sampling import SHIPPED_WEIGHTS
+    from sae_concepts.host.toyworld.sampling import SHIPPED_WEIGHTS
     ap = argparse.ArgumentParser()
     ap.add_argument("--weights", default=str(SHIPPED_WEIGHTS))
     ap.add_argument("--out", default="")

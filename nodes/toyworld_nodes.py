@@ -1,6 +1,6 @@
 """The Toy World model in ComfyUI: load it as MODEL + CLIP + VAE, and its empty latent.
 
-The toy model (training/toyworld) is ComfyUI's own SD1.x UNetModel trained here on drawn scenes
+The toy model (host/toyworld; trained by training/toyworld) is ComfyUI's own SD1.x UNetModel trained here on drawn scenes
 (48x48 px, 1-2 coloured shapes on a plain / striped / checkered / dotted background). Its CLIP
 works with the core CLIP Text Encode node (closed vocabulary: colours, shapes, styles, "and",
 "on", "background"); its VAE is the lossless 2x2 pixel unshuffle, so the core VAE Decode /
@@ -15,9 +15,9 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..training.toyworld.comfy_parts import load_toy_parts
-from ..training.toyworld.sampling import SHIPPED_WEIGHTS
-from ..training.toyworld.world import IMAGE_SIZE, VOCAB
+from ..host.toyworld.comfy_parts import load_toy_parts
+from ..host.toyworld.sampling import SHIPPED_WEIGHTS
+from ..host.toyworld.world import IMAGE_SIZE, VOCAB
 from .sae_type import CATEGORY, node_id
 
 FOLDER = "toyworld"

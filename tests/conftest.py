@@ -29,23 +29,18 @@ if "OMP_NUM_THREADS" not in os.environ:
     torch.set_num_threads(1)
 
 
-# The README's command runs two test processes (pytest -n 2 --dist loadgroup): every test is
-# single-threaded (above), so one process leaves the second core idle. Tests are scheduled in groups
-# so that what a module builds once (a server, a model) is built once: one group per file, except
-# the tests marked full_size_sd15 (they load the full-size random SD1.5, about 3 GiB a process),
-# which share one group so two never run at once. That group is the longest, so it goes first.
-FULL_SIZE_GROUP = "full_size_sd15"
+# The README's command runs two test processes (pytest -n 2 --dist loadfile): every test is
+# single-threaded (above), so one process leaves the second core idle. A file runs in one process,
+# so what a module builds once (a server, a model) is built once, and the tests that load the
+# full-size random SD1.5 (about 3 GiB a process) all live in one file, marked full_size_sd15, so two
+# never run at once. That file is the longest, so it goes first. (xdist's loadgroup would group
+# across files, but with pytest 9 its group names never reach the scheduler: every test ran alone.)
+FULL_SIZE_MARK = "full_size_sd15"
 
 
-def _is_full_size(item) -> bool:
-    return item.get_closest_marker(FULL_SIZE_GROUP) is not None
-
-
-@pytest.hookimpl(tryfirst=True)   # before xdist's own hook reads the groups
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(FULL_SIZE_GROUP if _is_full_size(item) else item.path.name))
-    items.sort(key=lambda item: not _is_full_size(item))   # stable: the order within each kept
+    items.sort(key=lambda item: item.get_closest_marker(FULL_SIZE_MARK) is None)   # stable
 
 
 def pytest_report_header(config):

@@ -2,11 +2,10 @@
 (ComfyUI's loader, full size, in a subprocess as a user runs it), and collect's own logic (shards,
 keys, positions, images, rank split, errors) on a tiny SD1.x U-Net of ComfyUI's classes.
 
-The full-size checkpoint (U-Net stored in fp8) is loaded only by one CLI run, with `--weight-dtype
-fp8_e4m3fn`, which keeps the weights as stored: that process peaks at 2.9 GiB (the 1.2 GiB file
-mapped + 0.8 GiB of U-Net); loaded in ComfyUI's float32 default it would hold 5.2 GiB. The test
-process itself never loads it; the resume-after-kill runs and the two torchrun ranks use the tiny
-model through the command as installed (its loader swapped: host_support/collect_tiny_cli.py)."""
+The command's run on the full-size checkpoint is in test_host_server.py, the one file that loads
+it (so that under `pytest -n 2 --dist loadfile` two such processes never run at once). Here the
+resume-after-kill runs and the two torchrun ranks use the tiny model through the command as
+installed (its loader swapped: host_support/collect_tiny_cli.py)."""
 from __future__ import annotations
 
 import json
@@ -113,28 +112,6 @@ def cli_args(cfg, checkpoint) -> list[str]:
             "--seed", str(cfg.seed)]
     args += [] if cfg.weight_dtype == "default" else ["--weight-dtype", cfg.weight_dtype]
     return args + ([] if cfg.save_images else ["--no-save-images"])
-
-
-@pytest.mark.full_size_sd15
-def test_collect_command_on_the_full_size_checkpoint(tmp_path, random_checkpoint):
-    """`sae-concepts collect` as a user runs it on a single-file SD1.5 checkpoint (ComfyUI's loader,
-    full size, fp8 weights as stored): the family and weight dtype are recorded, the mid block's Δ has
-    SD1.5's 1280 channels and is finite. One sampling step per prompt: each takes seconds here."""
-    (tmp_path / "two.txt").write_text("\n".join(PROMPTS[:2]) + "\n")
-    cfg = small_cfg(tmp_path, prompts=str(tmp_path / "two.txt"), blocks="middle_block.1", timesteps="1.0",
-                    steps=1, prompts_per_shard=1, save_images=False, weight_dtype="fp8_e4m3fn")
-    r = subprocess.run([sys.executable, "-m", "sae_concepts.training.cli"] + cli_args(cfg, random_checkpoint),
-                       env=subprocess_env(), capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-3000:]
-    s = ShardSet.open(cfg.out)
-    assert s.config["model_family"] == "sd1" and s.config["weight_dtype"] == "fp8_e4m3fn"
-    assert [sh["prompt_ids"] for sh in s.shards] == [[0], [1]]
-    assert s.keys() == sorted(activation_key("middle_block.1", 1.0, c) for c in ("cond", "uncond"))
-    for sh in s.shards:
-        for key in s.keys():
-            acts = s.read(sh, key)["acts"]
-            assert acts.shape == (4, 1280), "SD1.5's mid block: 1280 channels, 2x2 positions at 128 px"
-            assert torch.isfinite(acts.float()).all(), (sh["file"], key)
 
 
 def test_collect_resumes_after_kill(tmp_path, comfy):

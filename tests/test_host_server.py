@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 import urllib.error
@@ -13,12 +14,15 @@ import torch
 
 from sae_concepts.sae_core import PAPER_BLOCKS, SAEEntry, SAEInfo, SaeConfig, TopKSAE, save_sae_set
 from sae_concepts.sae_core.concept_dictionary import ConceptDictionary, SAEConcepts
+from sae_concepts.training.storage.shards import ShardSet, activation_key
 
 sys.path.insert(0, str(Path(__file__).parent / "host_support"))
 from comfy_server import comfy_server, get  # noqa: E402
 from workflow_convert import ui_to_api  # noqa: E402
 
-pytestmark = pytest.mark.full_size_sd15   # the server loads the full-size random SD1.5
+# The one file that loads the full-size random SD1.5 (the server; one `collect` run before it):
+# under `pytest -n 2 --dist loadfile` a file runs in one process, so two never load it at once.
+pytestmark = pytest.mark.full_size_sd15
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
@@ -116,6 +120,33 @@ def saved_image(server, hist, node_id):
     img = hist["outputs"][node_id]["images"][0]
     path = server["base"] / img["type"] / img["subfolder"] / img["filename"]
     return np.asarray(Image.open(path)).astype("int16")
+
+
+def test_collect_command_on_the_full_size_checkpoint(tmp_path, comfy):
+    """`sae-concepts collect` as a user runs it on a single-file SD1.5 checkpoint (ComfyUI's loader,
+    full size, fp8 weights as stored): the family and weight dtype are recorded, the mid block's Δ has
+    SD1.5's 1280 channels and is finite. One sampling step per prompt: each takes seconds here.
+    First in this file, so it runs before the server starts: the checkpoint is loaded by one process
+    at a time (`--weight-dtype fp8_e4m3fn` keeps the weights as stored: 2.9 GiB at peak, where
+    ComfyUI's float32 default would hold 5.2 GiB)."""
+    from sae_concepts.host.random_checkpoint import cached_random_sd1_checkpoint
+    from test_host_collect import PROMPTS, cli_args, small_cfg, subprocess_env
+    random_checkpoint = cached_random_sd1_checkpoint()
+    (tmp_path / "two.txt").write_text("\n".join(PROMPTS[:2]) + "\n")
+    cfg = small_cfg(tmp_path, prompts=str(tmp_path / "two.txt"), blocks="middle_block.1", timesteps="1.0",
+                    steps=1, prompts_per_shard=1, save_images=False, weight_dtype="fp8_e4m3fn")
+    r = subprocess.run([sys.executable, "-m", "sae_concepts.training.cli"] + cli_args(cfg, random_checkpoint),
+                       env=subprocess_env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = ShardSet.open(cfg.out)
+    assert s.config["model_family"] == "sd1" and s.config["weight_dtype"] == "fp8_e4m3fn"
+    assert [sh["prompt_ids"] for sh in s.shards] == [[0], [1]]
+    assert s.keys() == sorted(activation_key("middle_block.1", 1.0, c) for c in ("cond", "uncond"))
+    for sh in s.shards:
+        for key in s.keys():
+            acts = s.read(sh, key)["acts"]
+            assert acts.shape == (4, 1280), "SD1.5's mid block: 1280 channels, 2x2 positions at 128 px"
+            assert torch.isfinite(acts.float()).all(), (sh["file"], key)
 
 
 def test_workflows_are_ui_format_and_use_only_core_and_our_nodes(server):

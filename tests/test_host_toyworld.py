@@ -32,7 +32,7 @@ import toy_workflows  # noqa: E402
 
 def toy_weights(folder: Path) -> Path:
     """The shipped weights when present, else a randomly initialised toy model (same format)."""
-    from sae_concepts.training.toyworld.sampling import SHIPPED_WEIGHTS
+    from sae_concepts.host.toyworld.sampling import SHIPPED_WEIGHTS
     if SHIPPED_WEIGHTS.is_file():
         return SHIPPED_WEIGHTS
     from sae_concepts.training.toyworld.train import CHECKPOINT, ToyTrainConfig, ToyTrainer, export_weights
@@ -60,7 +60,7 @@ def override_files() -> list[Path] | None:
 def shipped_toy_files() -> bool:
     """Whether the toy workflows run on trained files (shipped, or given by OVERRIDES)."""
     from sae_concepts.nodes.toyworld_nodes import SHIPPED_SAE_DIR
-    from sae_concepts.training.toyworld.sampling import SHIPPED_WEIGHTS
+    from sae_concepts.host.toyworld.sampling import SHIPPED_WEIGHTS
     return override_files() is not None or (SHIPPED_WEIGHTS.is_file() and (SHIPPED_SAE_DIR / SHIPPED_SAE).is_file()
                                             and (SHIPPED_SAE_DIR / SHIPPED_DICT).is_file())
 
@@ -94,8 +94,8 @@ def write_set_with_means(sae_path: Path, weights: Path, out: Path, seed: int = 0
     the training prompts' kind, at the SAE's block (cond / uncond rows as the SAE was trained)."""
     from sae_concepts.host.block_patch import patch_block
     from sae_concepts.sae_core import load_sae
-    from sae_concepts.training.toyworld.comfy_parts import load_toy_parts
-    from sae_concepts.training.toyworld.sampling import sample_images
+    from sae_concepts.host.toyworld.comfy_parts import load_toy_parts
+    from sae_concepts.host.toyworld.sampling import sample_images
     sae_set = load_sae(sae_path)
     model, clip, _ = load_toy_parts(weights.resolve())
     seen: dict = {}

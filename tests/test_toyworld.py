@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sae_concepts.training.toyworld.detect import detect
-from sae_concepts.training.toyworld.world import (COLOURS, STYLES, VOCAB, parse_prompt, render, sample_scene,
+from sae_concepts.host.toyworld.world import (COLOURS, STYLES, VOCAB, parse_prompt, render, sample_scene,
                                                    tokenize)
 
 
@@ -186,7 +186,7 @@ def test_resume_with_other_settings_is_an_error(comfy, tmp_path):
 def test_exported_model_samples_through_comfy(comfy, tmp_path):
     """The exported file loads as a ComfyUI ModelPatcher (SD1.x block paths, EPS, SD1.x sigmas)
     and comfy.sample.sample runs it with CFG."""
-    from sae_concepts.training.toyworld.sampling import encode_prompt, load_toy_model, sample_images
+    from sae_concepts.host.toyworld.sampling import encode_prompt, load_toy_model, sample_images
     from sae_concepts.training.toyworld.train import CHECKPOINT, export_weights, sd1_alphas_cumprod, train
     train(_tiny_train_cfg(tmp_path), progress=False, stop_after=2)
     weights = export_weights(tmp_path / CHECKPOINT, tmp_path / "toy.safetensors")
@@ -205,22 +205,22 @@ def test_exported_model_samples_through_comfy(comfy, tmp_path):
 
 
 @pytest.mark.xfail(strict=True, reason="toyworld v2 is below the quality bar (measured on 200 held-out prompts: "
-                   "colour+shape 22.5 %, style 90 %, count 60 %; see training/toyworld/MODEL_CARD.md); "
+                   "colour+shape 22.5 %, style 90 %, count 60 %; see host/toyworld/MODEL_CARD.md); "
                    "strict: this xfail must be removed when a retrained model passes")
 def test_shipped_model_passes_a_reduced_quality_bar(comfy, tmp_path):
     """32 held-out prompts, 25 DDIM steps with CFG: each figure >= 80 % (the full bar is 90 % on
     >= 200 prompts; `sae-concepts toyworld evaluate` measures that)."""
     from sae_concepts.training.toyworld.evaluate import ToyEvalConfig, evaluate_model
-    from sae_concepts.training.toyworld.sampling import SHIPPED_WEIGHTS
+    from sae_concepts.host.toyworld.sampling import SHIPPED_WEIGHTS
     if not SHIPPED_WEIGHTS.is_file():
         pytest.skip(f"NO SHIPPED TOY WORLD WEIGHTS at {SHIPPED_WEIGHTS}: train them with "
-                    "`sae-concepts toyworld train` (see training/toyworld/MODEL_CARD.md)")
+                    "`sae-concepts toyworld train` (see host/toyworld/MODEL_CARD.md)")
     s = evaluate_model(ToyEvalConfig(prompts=32, batch_size=32, out=str(tmp_path / "q.json")), progress=False)["summary"]
     assert s["colour_shape"] >= 0.8 and s["style"] >= 0.8 and s["count"] >= 0.8, s
 
 
 def test_ground_truth_scene_for_a_prompt():
-    from sae_concepts.training.toyworld.world import scene_from_prompt
+    from sae_concepts.host.toyworld.world import scene_from_prompt
     rng = np.random.default_rng(3)
     for prompt in ["red circle on dotted background", "blue square and yellow triangle on checkered background"]:
         scene = scene_from_prompt(prompt, rng)

@@ -13,7 +13,7 @@ from sae_concepts.sae_core.errors import ConfigError
 from sae_concepts.sae_core.interventions import NORMALISATIONS, global_steer
 from sae_concepts.training.toyworld.paper import (
     markdown_to_html, object_components, quadrant_masks, quadrant_of, ssim, tables_markdown)
-from sae_concepts.training.toyworld.world import Scene, ToyObject, render
+from sae_concepts.host.toyworld.world import Scene, ToyObject, render
 
 
 def test_global_steer_normalisations_match_a_naive_loop():
@@ -88,7 +88,7 @@ def test_paper_pipeline_end_to_end_on_a_small_toy_model(comfy, tmp_path):
     the detector finding no object or an empty dictionary, each said in one line."""
     from test_host_toyworld import toy_weights
     from sae_concepts.training.toyworld.paper import ToyPaperConfig, ToyPaperError, run_paper
-    from sae_concepts.training.toyworld.sampling import SHIPPED_WEIGHTS
+    from sae_concepts.host.toyworld.sampling import SHIPPED_WEIGHTS
     weights = toy_weights(tmp_path / "w")
     cfg = ToyPaperConfig(out=str(tmp_path / "paper"), weights=str(weights), train_images=8, heldout_images=4,
                          eval_images=4, steps=4, epochs=2, steer_images=2, spatial_betas="8",

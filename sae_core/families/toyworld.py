@@ -1,4 +1,4 @@
-"""The Toy World model (training/toyworld): SD1.x's U-Net topology at 1/10 of its widths.
+"""The Toy World model (host/toyworld): SD1.x's U-Net topology at 1/10 of its widths.
 
 Same 16 SpatialTransformer paths as SD1.x (so the paper's three blocks keep their names and
 relative resolutions), own widths (32/64/128 channels), own family: an SAE trained on it can

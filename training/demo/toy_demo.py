@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..toyworld.paper import ToyPaperConfig, run_paper
-from ..toyworld.sampling import SHIPPED_WEIGHTS
+from ...host.toyworld.sampling import SHIPPED_WEIGHTS
 
 # Small enough for a few CPU minutes; big enough that every (block, t, cond) key gets concepts.
 DEMO_SIZES = dict(train_images=48, heldout_images=16, eval_images=16, steps=15, epochs=20, steer_images=4,

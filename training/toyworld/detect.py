@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .world import COLOURS, PATTERN_PERIOD
+from ...host.toyworld.world import COLOURS, PATTERN_PERIOD
 
 SATURATION_MIN = 0.30       # max-min of RGB; the background has 0, object colours >= 0.7
 MIN_AREA = 20               # px; smaller colour specks are noise (smallest object: a 12 px triangle, ~72 px)

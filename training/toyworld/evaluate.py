@@ -16,8 +16,8 @@ import torch
 
 from ...sae_core.atomic import write_text_atomic
 from .detect import detect
-from .sampling import DEFAULT_SAMPLER, SHIPPED_WEIGHTS, load_toy_model, sample_images
-from .world import parse_prompt, sample_scene
+from ...host.toyworld.sampling import DEFAULT_SAMPLER, SHIPPED_WEIGHTS, load_toy_model, sample_images
+from ...host.toyworld.world import parse_prompt, sample_scene
 
 EVAL_SEED_BASE = 1_000_000
 QUALITY_BAR = {"colour_shape": 0.90, "style": 0.90, "count": 0.90}

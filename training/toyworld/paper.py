@@ -27,8 +27,8 @@ import torch
 
 from ...sae_core.atomic import write_text_atomic
 from ...sae_core.errors import SAEConceptsError
-from .sampling import DEFAULT_SAMPLER, SHIPPED_WEIGHTS
-from .world import COLOURS, SHAPES, STYLES, sample_scene, scene_prompt, ToyObject
+from ...host.toyworld.sampling import DEFAULT_SAMPLER, SHIPPED_WEIGHTS
+from ...host.toyworld.world import COLOURS, SHAPES, STYLES, sample_scene, scene_prompt, ToyObject
 
 PAPER_T = (1.0, 0.5, 0.0)
 SPLITS = {"train": 0, "heldout": 1, "eval": 2}
@@ -312,7 +312,7 @@ class Steerer:
         self.size = 2 * model.model.model_config.unet_config["image_size"]
 
     def sample(self, model, prompts: list[str], seed: int) -> np.ndarray:
-        from .sampling import sample_images
+        from ...host.toyworld.sampling import sample_images
         imgs = sample_images(model, self.clip.text_encoder, prompts, seed=seed, steps=self.cfg.steps, cfg=self.cfg.cfg)
         if not torch.isfinite(imgs).all():
             raise FloatingPointError("toyworld paper: non-finite image from a steered model")
@@ -642,8 +642,8 @@ def add_to_report(index_html: Path, md: str, pictures: list[str]) -> None:
 # -- the command ------------------------------------------------------------------------------
 
 def run_paper(cfg: ToyPaperConfig, progress: bool = True) -> dict:
-    from .comfy_parts import load_toy_parts
-    from .sampling import weights_metadata
+    from ...host.toyworld.comfy_parts import load_toy_parts
+    from ...host.toyworld.sampling import weights_metadata
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

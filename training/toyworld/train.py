@@ -19,8 +19,8 @@ from safetensors.torch import load_file, save_file
 
 from ...sae_core.atomic import atomic_path
 from ...sae_core.errors import ConfigError
-from .model import ToyModelConfig, ToyTextEncoder, build_unet, image_to_latent
-from .world import render, sample_scene, tokenize
+from ...host.toyworld.model import ToyModelConfig, ToyTextEncoder, build_unet, image_to_latent
+from ...host.toyworld.world import render, sample_scene, tokenize
 
 CHECKPOINT = "checkpoint.safetensors"
 
