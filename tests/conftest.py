@@ -71,12 +71,9 @@ def tiny_model(comfy):
     return build_random_sd1(tiny=True, seed=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def release_models_after_each_module():
-    """Between modules, ComfyUI lets go of the models it sampled with, reference cycles are collected
-    and glibc returns freed heap to the system: after test_host_fullsize.py the process held 712 MiB
-    without this, 557 MiB with it."""
-    yield
+def release_models() -> None:
+    """ComfyUI lets go of the models it sampled with, reference cycles are collected and glibc
+    returns freed heap to the system."""
     if "comfy.model_management" in sys.modules:
         import comfy.model_management
         comfy.model_management.unload_all_models()
@@ -87,3 +84,11 @@ def release_models_after_each_module():
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):   # not glibc: nothing to trim
         pass
+
+
+@pytest.fixture(autouse=True, scope="module")
+def release_models_after_each_module():
+    """Between modules: after the full-size in-process U-Net test the process held 712 MiB without
+    this, 557 MiB with it."""
+    yield
+    release_models()
