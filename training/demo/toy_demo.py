@@ -3,7 +3,7 @@
 Sampling (ComfyUI's own sampler on ComfyUI's own SD1.x UNetModel) -> collection through the
 block patch the nodes steer with -> SAE training -> concept dictionary from the detector's
 masks -> composition IoU by block and t -> a small steering table -> the HTML report with
-images. The same code as `sae-concepts toyworld paper` (training/toyworld/paper.py), at a
+images. The same code as `sae-concepts toyworld paper` (training/toyworld/paper/), at a
 size that fits a few minutes of a CPU. The toy model is ComfyUI's class, so ComfyUI's code is
 needed: where it cannot be imported (or the weights are missing) `toy_world_unavailable` says
 why in one line and the caller runs the synthetic world instead.

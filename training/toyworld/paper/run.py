@@ -1,0 +1,81 @@
+"""`sae-concepts toyworld paper`: the stages in order, the tables and report, and the command."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from ....sae_core.atomic import write_text_atomic
+
+from .composition import add_style_labels, run_composition, style_edit_size
+from .config import ToyPaperConfig
+from .steering import run_steering
+from .tables import add_to_report, tables_markdown
+
+
+# -- the command ------------------------------------------------------------------------------
+
+def run_paper(cfg: ToyPaperConfig, progress: bool = True) -> dict:
+    from ....host.toyworld.comfy_parts import load_toy_parts
+    from ....host.toyworld.sampling import weights_metadata
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "paper_config.json", json.dumps(asdict(cfg), indent=1))
+    model, clip, vae = load_toy_parts(cfg.weights)
+    comp = run_composition(cfg, model, clip, vae, progress)
+    steering = None
+    if not cfg.skip_steering:
+        heldout = Path(comp["splits"]["heldout"])
+        steer_dict = add_style_labels(comp["sae"], comp["dictionary"], heldout, heldout / "masks",
+                                      out / "concept_dictionary_with_styles.json")
+        steering = run_steering(cfg, model, clip, comp["sae"], steer_dict, progress)
+    meta = weights_metadata(cfg.weights)
+    info = {"weights": Path(cfg.weights).name, "step": meta.get("step"), "steps": cfg.steps, "cfg": cfg.cfg,
+            "images": f"{cfg.train_images} train / {cfg.heldout_images} dictionary / {cfg.eval_images} eval images, "
+                      f"{cfg.steer_images} per steering condition"}
+    rows = json.loads(Path(comp["metrics"]).read_text())["rows"]
+    edit_size = style_edit_size(comp["sae"], comp["splits"]["eval"])
+    md = tables_markdown(rows, steering, info, edit_size)
+    write_text_atomic(out / "paper_tables.md", md)
+    from ...report.report import build_report
+    index = build_report(out / "report", comp["sae"], comp["dictionary"], comp["metrics"], comp["splits"]["eval"],
+                         comp["eval_object_masks"])
+    pics = []
+    if steering:
+        import shutil
+        for c in steering["conditions"]:
+            src = out / "steering" / f"{c['name']}.png"
+            if src.exists():
+                shutil.copy(src, out / "report" / src.name)
+                pics.append(src.name)
+    add_to_report(index, md, pics[:12])
+    summary = {"tables": str(out / "paper_tables.md"), "report": str(index), "composition": rows,
+               "steering": None if steering is None else [{k: v for k, v in c.items() if k != "images"}
+                                                          for c in steering["conditions"]],
+               "unsteered_success": None if steering is None else steering["unsteered_success"]}
+    write_text_atomic(out / "paper_summary.json", json.dumps(summary, indent=1))
+    return summary
+
+
+def cmd_paper(a) -> int:
+    from ....host.comfy_env import import_comfy
+    from ...dataclass_cli import dataclass_from_args
+    import_comfy(cpu=True)
+    cfg = dataclass_from_args(ToyPaperConfig, a)
+    summary = run_paper(cfg, progress=not a.quiet)
+    print(Path(summary["tables"]).read_text())
+    print(f"report: {summary['report']}")
+    return 0
+
+
+def register_paper(tsub) -> None:
+    """`sae-concepts toyworld paper` (added to the toyworld subcommands)."""
+    from ...dataclass_cli import add_dataclass_args
+    p = tsub.add_parser("paper", help="the paper's findings on the Toy World: composition IoU by block and t, "
+                                      "spatial / style / negative steering tables (resumable)")
+    add_dataclass_args(p, ToyPaperConfig)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_paper)

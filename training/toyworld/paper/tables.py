@@ -1,0 +1,119 @@
+"""The paper's tables, ours beside its numbers, as markdown and in the HTML report."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from ....sae_core.atomic import write_text_atomic
+
+
+from .config import PAPER, WINDOWS
+
+
+# -- tables -----------------------------------------------------------------------------------
+
+def pct(v) -> str:
+    return "–" if v is None else f"{100 * v:.0f} %"
+
+
+def num(v, fmt=".2f") -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+
+def window_of(win) -> str:
+    for name, w in WINDOWS.items():
+        if tuple(win) == w:
+            return name
+    return f"{win[0]:g}-{win[1]:g}"
+
+
+def tables_markdown(metrics_rows: list[dict], steering: dict | None, meta: dict, edit_size: list[dict] | None = None) -> str:
+    lines = [f"Toy World model: {meta.get('weights')} (step {meta.get('step')}); {meta.get('images')}; "
+             f"DDIM {meta.get('steps')} steps, CFG {meta.get('cfg')}. Measured on a shared 2-core CPU.", ""]
+    lines += ["### (a) Composition emergence: concept-map IoU with the final image's objects",
+              "", "| block | t | cond | IoU (ours) | objects | cohesion | inter-concept sim. | FVU | paper |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(metrics_rows, key=lambda r: (r["block"], -r["t"] if r["t"] is not None else 0, r["cond"])):
+        paper = "0.26 (mid, t=1; saturating by t=0.5)" if r["block"] == "middle_block.1" and r["t"] == 1.0 and r["cond"] == "cond" else ""
+        lines.append(f"| {r['block']} | {r['t']:g} | {r['cond']} | {num(r.get('composition_iou'))} | {r.get('objects', '–')} | "
+                     f"{num(r.get('cohesion'))} | {num(r.get('inter_concept_similarity'))} | {num(r.get('fvu'))} | {paper} |")
+    if not steering:
+        return "\n".join(lines) + "\n"
+    conds = steering["conditions"]
+    base = steering["unsteered_success"]
+    missing = steering.get("missing_labels", {})
+
+    def none_labelled(kind: str) -> list[str]:
+        what = "object (colour shape)" if kind in ("spatial", "suppress_object") else "style"
+        return [f"Not measured: no concept of the steered blocks is labelled with any {what} in the dictionary."] \
+            if missing.get(kind) else []
+    lines += ["", "### (b) Spatial steering: an object not in the prompt, into a quadrant",
+              f"Success = the detector finds that colour+shape centred in the quadrant (unsteered: {pct(base.get('spatial'))}).",
+              "", *none_labelled("spatial"),
+              "| window | beta | rows | success (ours) | colour in quadrant | RMSE | SSIM | paper |", "|---|---|---|---|---|---|---|---|"]
+    for c in [c for c in conds if c["kind"] == "spatial"]:
+        w = window_of(c["window"])
+        lines.append(f"| {w} | {c['beta']:g} | {c['rows']} | {pct(c['success'])} ({c['n']}) | {pct(c.get('colour_in_quadrant'))} | "
+                     f"{num(c['rmse'], '.3f')} | {num(c['ssim'])} | {pct(PAPER['spatial'][w])} |")
+    lines += ["", "### (c) Global style steering: change the background style",
+              f"Success = the detector's style is the target (unsteered: {pct(base.get('style'))}). Normalisation of "
+              "beta * ||z_ij||: sum = / sum ||z|| (the paper as written), mean = / mean ||z||, none = no division.",
+              *none_labelled("style"), "", "| window | normalisation | beta | success (ours) | RMSE | SSIM | paper |", "|---|---|---|---|---|---|---|"]
+    for c in [c for c in conds if c["kind"] == "style"]:
+        w = window_of(c["window"])
+        lines.append(f"| {w} | {c['normalisation']} | {c['beta']:g} | {pct(c['success'])} ({c['n']}) | "
+                     f"{num(c['rmse'], '.3f')} | {num(c['ssim'])} | {pct(PAPER['style'][w])} |")
+    if edit_size:
+        lines += ["", "Size of the style edit at the paper's middle beta = 10 on this model's own Delta (t = 0.5, cond; "
+                  "mean over positions of ||change|| / ||Delta||):", "",
+                  "| block | positions | sum (as written) | mean | none |", "|---|---|---|---|---|"]
+        for r in edit_size:
+            lines.append(f"| {r['block']} | {r['positions']} | {num(r['sum'], '.3f')} | {num(r['mean'], '.3f')} | "
+                         f"{num(r['none'], '.3f')} |")
+    lines += ["", "### (d) Negative steering (suppression), whole trajectory",
+              f"Success = the prompted object is gone / the style is no longer the prompted one (unsteered: "
+              f"object {pct(base.get('suppress_object'))}, style {pct(base.get('suppress_style'))}); kept = the "
+              "other prompted object is still found.", *none_labelled("suppress_object"),
+              *none_labelled("suppress_style"), "",
+              "| target | method | beta | success | kept | RMSE | SSIM |", "|---|---|---|---|---|---|---|"]
+    for c in [c for c in conds if c["kind"].startswith("suppress")]:
+        method = ("remove the concept's own contribution (SpatialConceptSteer, empty region)" if c["normalisation"] == "remove"
+                  else f"negative GlobalStyleSteer ({c['normalisation']})")
+        lines.append(f"| {c['kind'].split('_')[1]} | {method} | {c['beta']:g} | {pct(c['success'])} ({c['n']}) | "
+                     f"{pct(c.get('kept'))} | {num(c['rmse'], '.3f')} | {num(c['ssim'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_to_html(md: str) -> str:
+    """The tables above as HTML (pipes -> table rows), headings and paragraphs kept."""
+    import html
+    out, in_table = [], False
+    for line in md.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if set("".join(cells)) <= set("-"):
+                continue
+            tag = "th" if not in_table else "td"
+            if not in_table:
+                out.append("<table>")
+                in_table = True
+            out.append("<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>")
+            continue
+        if in_table:
+            out.append("</table>")
+            in_table = False
+        if line.startswith("### "):
+            out.append(f"<h3>{html.escape(line[4:])}</h3>")
+        elif line.strip():
+            out.append(f"<p>{html.escape(line)}</p>")
+    if in_table:
+        out.append("</table>")
+    return "\n".join(out)
+
+
+def add_to_report(index_html: Path, md: str, pictures: list[str]) -> None:
+    text = index_html.read_text()
+    imgs = "".join(f"<figure><img src='{p}' style='image-rendering:pixelated;max-width:100%'><figcaption>{p}</figcaption></figure>"
+                   for p in pictures)
+    section = "<h2>The paper on the Toy World</h2>" + markdown_to_html(md) + imgs
+    write_text_atomic(index_html, text.replace("</body>", section + "</body>") if "</body>" in text else text + section)
