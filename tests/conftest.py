@@ -4,7 +4,6 @@ from __future__ import annotations
 import gc
 import os
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -33,8 +32,9 @@ if "OMP_NUM_THREADS" not in os.environ:
 # single-threaded (above), so one process leaves the second core idle. A file runs in one process,
 # so what a module builds once (a server, a model) is built once, and the tests that load the
 # full-size random SD1.5 (about 3 GiB a process) all live in one file, marked full_size_sd15, so two
-# never run at once. That file is the longest, so it goes first. (xdist's loadgroup would group
-# across files, but with pytest 9 its group names never reach the scheduler: every test ran alone.)
+# never run at once. That file is the longest, so it goes first (--no-loadscope-reorder: xdist would
+# otherwise order files by their number of tests). (xdist's loadgroup would group across files, but
+# with pytest 9 its group names never reach the scheduler: every test ran alone.)
 FULL_SIZE_MARK = "full_size_sd15"
 
 
@@ -88,7 +88,7 @@ def release_models() -> None:
 
 @pytest.fixture(autouse=True, scope="module")
 def release_models_after_each_module():
-    """Between modules: after the full-size in-process U-Net test the process held 712 MiB without
-    this, 557 MiB with it."""
+    """Between modules (after the full-size in-process U-Net test, then a module of its own, the
+    process held 712 MiB without this, 557 MiB with it)."""
     yield
     release_models()

@@ -1,6 +1,6 @@
-"""`sae-concepts collect` (host tier): the command on the random-weight single-file SD1.5 checkpoint
-(ComfyUI's loader, full size, in a subprocess as a user runs it), and collect's own logic (shards,
-keys, positions, images, rank split, errors) on a tiny SD1.x U-Net of ComfyUI's classes.
+"""`sae-concepts collect` (host tier): collect's own logic (shards, keys, positions, images, resume
+after a kill, rank split, errors) on a tiny SD1.x U-Net of ComfyUI's classes, in process and through
+the command as a user runs it.
 
 The command's run on the full-size checkpoint is in test_host_server.py, the one file that loads
 it (so that under `pytest -n 2 --dist loadfile` two such processes never run at once). Here the
@@ -26,12 +26,6 @@ from sae_concepts.training.storage.shards import ShardSet, activation_key
 PROMPTS = ["a dog on a beach", "a red car in a city street", "a castle on a hill at sunset"]
 TINY_CH = 128   # channels of the tiny model's 1280-channel blocks (model_channels 32 x 4)
 TINY_CLI = Path(__file__).parent / "host_support" / "collect_tiny_cli.py"
-
-
-@pytest.fixture(scope="session")
-def random_checkpoint(comfy):
-    from sae_concepts.host.random_checkpoint import cached_random_sd1_checkpoint
-    return cached_random_sd1_checkpoint()
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +138,7 @@ def test_collect_resumes_after_kill(tmp_path, comfy):
     assert {f: (Path(cfg.out) / f).stat().st_mtime_ns for f in kept} == kept, "finished shards were redone"
     resumed, straight = ShardSet.open(cfg.out), ShardSet.open(straight_out)
     assert [s["prompt_ids"] for s in resumed.shards] == [[i] for i in range(len(prompts))]
+    assert [s["prompt_ids"] for s in straight.shards] == [[i] for i in range(len(prompts))]
     assert resumed.keys() == straight.keys() and len(resumed.keys()) == 8   # 2 blocks x 2 t x cond/uncond
     for a, b in zip(resumed.shards, straight.shards):
         for key in resumed.keys():

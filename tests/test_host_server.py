@@ -169,33 +169,35 @@ def test_paper_blocks_accept_full_size_saes(comfy):
     from random_models import build_random_sd1
 
     model = build_random_sd1(tiny=False, seed=0, dtype=torch.bfloat16)
-    assert [transformer_blocks(model)[b] for b in PAPER_BLOCKS] == [1280, 1280, 1280]
-    entries = []
-    for i, block in enumerate(PAPER_BLOCKS):
-        sae = TopKSAE(SaeConfig(d_in=1280, n_latents=5120, k=10))
-        sae.reset_parameters(torch.Generator().manual_seed(i))
-        for t in (1.0, 0.5, 0.0):
-            entries.append(SAEEntry(sae.eval().requires_grad_(False), SAEInfo(block=block, t=t, cond="cond")))
-    s = SAESet(entries)
-    mask = torch.zeros(1, 128, 128)
-    mask[:, :64, :64] = 1
-    steered = SpatialConceptSteer.execute(model, s, "17", mask, 4000.0, "middle_block.1", 0.0, 0.4, "both").result[0]
-    steered = SpatialConceptSteer.execute(steered, s, "5", mask, 1000.0, "output_blocks.3.1", 0.0, 1.0, "cond").result[0]
-    steered = GlobalStyleSteer.execute(steered, s, "99", 10.0, "input_blocks.8.1", 0.0, 1.0, "both").result[0]
-    g = torch.Generator().manual_seed(0)
-    noise = torch.randn(1, 4, 16, 16, generator=g)
-    pos = [[torch.randn(1, 77, 768, generator=g), {}]]
-    neg = [[torch.zeros(1, 77, 768), {}]]
-    lat = torch.zeros(1, 4, 16, 16)
-    plain = comfy.sample.sample(model, noise, 2, 7.5, "ddim", "normal", pos, neg, lat, disable_pbar=True, seed=0)
-    out = comfy.sample.sample(steered, noise, 2, 7.5, "ddim", "normal", pos, neg, lat, disable_pbar=True, seed=0)
-    assert torch.isfinite(out).all() and not torch.allclose(out, plain)
-    image, mask_out, text = ConceptMapPreview.execute(model, s, pos, neg, {"samples": lat}, 0, 2, 7.5, "ddim",
-                                                      "normal", 0.0, "middle_block.1", True, 5, concept="17").result
-    assert image.shape == (1, 128, 128, 3) and mask_out.shape == (1, 128, 128)
-    assert "SAE middle_block.1 (mid_block.attentions.0), t=1, cond" in text
-    del model, steered, s, entries, sae
-    release_models()
+    try:
+        assert [transformer_blocks(model)[b] for b in PAPER_BLOCKS] == [1280, 1280, 1280]
+        entries = []
+        for i, block in enumerate(PAPER_BLOCKS):
+            sae = TopKSAE(SaeConfig(d_in=1280, n_latents=5120, k=10))
+            sae.reset_parameters(torch.Generator().manual_seed(i))
+            for t in (1.0, 0.5, 0.0):
+                entries.append(SAEEntry(sae.eval().requires_grad_(False), SAEInfo(block=block, t=t, cond="cond")))
+        s = SAESet(entries)
+        mask = torch.zeros(1, 128, 128)
+        mask[:, :64, :64] = 1
+        steered = SpatialConceptSteer.execute(model, s, "17", mask, 4000.0, "middle_block.1", 0.0, 0.4, "both").result[0]
+        steered = SpatialConceptSteer.execute(steered, s, "5", mask, 1000.0, "output_blocks.3.1", 0.0, 1.0, "cond").result[0]
+        steered = GlobalStyleSteer.execute(steered, s, "99", 10.0, "input_blocks.8.1", 0.0, 1.0, "both").result[0]
+        g = torch.Generator().manual_seed(0)
+        noise = torch.randn(1, 4, 16, 16, generator=g)
+        pos = [[torch.randn(1, 77, 768, generator=g), {}]]
+        neg = [[torch.zeros(1, 77, 768), {}]]
+        lat = torch.zeros(1, 4, 16, 16)
+        plain = comfy.sample.sample(model, noise, 2, 7.5, "ddim", "normal", pos, neg, lat, disable_pbar=True, seed=0)
+        out = comfy.sample.sample(steered, noise, 2, 7.5, "ddim", "normal", pos, neg, lat, disable_pbar=True, seed=0)
+        assert torch.isfinite(out).all() and not torch.allclose(out, plain)
+        image, mask_out, text = ConceptMapPreview.execute(model, s, pos, neg, {"samples": lat}, 0, 2, 7.5, "ddim",
+                                                          "normal", 0.0, "middle_block.1", True, 5, concept="17").result
+        assert image.shape == (1, 128, 128, 3) and mask_out.shape == (1, 128, 128)
+        assert "SAE middle_block.1 (mid_block.attentions.0), t=1, cond" in text
+    finally:   # let go of the 1.6 GiB before the server starts, also when a check failed
+        model = steered = s = entries = sae = None   # noqa: F841
+        release_models()
 
 
 def test_workflows_are_ui_format_and_use_only_core_and_our_nodes(server):

@@ -2,7 +2,7 @@
 
 A scene is 1-2 objects (shape x colour, varying size, free position chosen by the sampler's
 rng) on a grey background with one global style. Object colours are saturated and the
-background is neutral grey, so the detector (detect.py) can judge images on the renderer's
+background is neutral grey, so the detector (training/toyworld/detect.py) can judge images on the renderer's
 own terms. Every label word is an ordinary English word (GloVe has them all).
 """
 from __future__ import annotations

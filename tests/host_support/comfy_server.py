@@ -65,6 +65,13 @@ def comfy_server(comfy_root: Path, base: Path, frontend: Path, extra_pythonpath:
                 if proc.poll() is not None or time.time() > deadline:
                     raise RuntimeError("ComfyUI server did not start:\n" + log.read_text()[-4000:])
                 time.sleep(0.5)
+        # Two test processes (pytest -n 2) may draw the same free port: the server that answered must
+        # be this one, which logs the address only once it has bound the port.
+        while f"go to: {url}" not in log.read_text(errors="replace"):
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"the ComfyUI server at {url} is not the one started here:\n"
+                                   + log.read_text()[-4000:])
+            time.sleep(0.2)
         yield {"url": url, "base": base, "log": log, "object_info": get(url + "/object_info", timeout=60)}
     finally:
         proc.terminate()
