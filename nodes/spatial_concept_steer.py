@@ -45,6 +45,9 @@ class SpatialConceptSteer(io.ComfyNode):
         concept = concept_text(concept, concept_ids)
         steered, edits = steer_model(model, sae, block, concept, "spatial", beta, start_percent, end_percent, rows,
                                      mask=mask, mode=mode)
+        if float(mask.max()) <= 0:   # valid for steer_model, but in a graph most likely a forgotten mask
+            log.warning("SpatialConceptSteer: the mask is empty, so the concept is only removed "
+                        "everywhere and added nowhere")
         for path, edit in edits.items():
             log.info(f"SpatialConceptSteer: {concept!r} at {path}, {edit.window.paper_t()}, rows={rows}, mode={mode}")
         return io.NodeOutput(steered)

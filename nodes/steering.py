@@ -69,7 +69,7 @@ class ConceptSteerEdit:
 
     def __init__(self, model, block: str, entries: list, sae_set: SAESet, concept: str, kind: str, beta: float,
                  start_percent: float, end_percent: float, rows: str, mask: torch.Tensor | None = None,
-                 mode: str = "paper", normalisation: str = "sum", empty_mask_ok: bool = False):
+                 mode: str = "paper", normalisation: str = "sum"):
         finite("beta", beta)   # NaN / inf would turn every steered activation into NaN mid-sampling
         if rows not in ROWS:
             raise ConfigError(f"rows must be one of {ROWS}, got {rows!r}")
@@ -119,9 +119,6 @@ class ConceptSteerEdit:
             resize_mask(mask, 1, 1)   # a mask of the wrong shape is refused now, not mid-sampling
             if not torch.isfinite(mask).all():
                 raise ConfigError("the mask holds NaN/Inf values")
-            if float(mask.max()) <= 0 and not empty_mask_ok:   # a forgotten mask, unless removal is the aim
-                log.warning("SpatialConceptSteer: the mask is empty, so the concept is only removed "
-                            "everywhere and added nowhere")
 
     def _ids_for(self, entry) -> list[int]:
         if self.ids is not None:
@@ -201,17 +198,16 @@ class ConceptSteerEdit:
 
 
 def steer_model(model, sae_set: SAESet, block: str, concept: str, kind: str, beta: float, start_percent: float,
-                end_percent: float, rows: str, mask=None, mode: str = "paper", normalisation: str = "sum",
-                empty_mask_ok: bool = False):
+                end_percent: float, rows: str, mask=None, mode: str = "paper", normalisation: str = "sum"):
     """Validate everything, then patch each block the steer applies to. Returns (model, edits).
-    empty_mask_ok: an all-zero spatial mask is meant (remove the concept everywhere): no warning."""
+    An all-zero spatial mask is valid here (it removes the concept everywhere, as the toy paper's
+    suppression does); the node warns about it, where it is most likely a forgotten mask."""
     edits, unlabelled = {}, []
     groups = sae_groups(model, sae_set, block)
     for path, entries in groups.items():
         try:
             edits[path] = ConceptSteerEdit(model, path, entries, sae_set, concept, kind, beta, start_percent,
-                                           end_percent, rows, mask=mask, mode=mode, normalisation=normalisation,
-                                           empty_mask_ok=empty_mask_ok)
+                                           end_percent, rows, mask=mask, mode=mode, normalisation=normalisation)
         except ConceptNotLabelledError as e:
             # With every block ("auto"), a word steers where the dictionary knows it: a block whose
             # concepts carry other labels (e.g. a mid block that holds only style concepts) is left

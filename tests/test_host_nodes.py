@@ -230,8 +230,7 @@ def test_bad_inputs_are_clear_errors_or_documented(tiny_model, caplog):
     caplog.clear()   # removal everywhere on purpose (the toy paper's suppression): no warning
     from sae_concepts.nodes.steering import steer_model
     with caplog.at_level(logging.WARNING, logger="sae_concepts"):
-        steer_model(tiny_model, s, BLOCK, "3, 7", "spatial", 0.0, 0.0, 1.0, "both",
-                    mask=torch.zeros(1, 64, 64), empty_mask_ok=True)
+        steer_model(tiny_model, s, BLOCK, "3, 7", "spatial", 0.0, 0.0, 1.0, "both", mask=torch.zeros(1, 64, 64))
     assert "mask is empty" not in caplog.text
     with pytest.raises(ValueError, match=r"no concept of block middle_block.1 is labelled \['zebra'\]"):
         steer_spatial(tiny_model, s, concept="zebra")

@@ -78,12 +78,9 @@ class Steerer:
         one would refuse the word, as the node does)."""
         return [b for b in self.blocks if labelled(self.sae_set.dictionary, self.sae_set, concept, [b])]
 
-    def steered(self, prompts, seed, concept, kind, beta, window, rows="both", mask=None, normalisation=None,
-                remove_everywhere: bool = False):
+    def steered(self, prompts, seed, concept, kind, beta, window, rows="both", mask=None, normalisation=None):
         from ....nodes.steering import steer_model
         kw = {} if normalisation is None else {"normalisation": normalisation}
-        if remove_everywhere:   # an empty region on purpose: the node's forgotten-mask warning does not apply
-            kw["empty_mask_ok"] = True
         m = self.model
         for block in self.blocks_for(concept):   # one steer node per block, chained
             m, _ = steer_model(m, self.sae_set, block, concept, kind, beta, window[0], window[1], rows, mask=mask, **kw)
@@ -181,8 +178,7 @@ def run_condition(steerer: Steerer, kind: str, tasks: list[dict], name: str, bet
         elif kind == "suppress_object" and normalisation == "remove":
             # SpatialConceptSteer with an empty region: every position loses the concept's own part.
             mask = torch.zeros(len(idx), steerer.size, steerer.size)
-            imgs = steerer.steered(prompts, seed, concept, "spatial", 0.0, window, rows, mask=mask,
-                                   remove_everywhere=True)
+            imgs = steerer.steered(prompts, seed, concept, "spatial", 0.0, window, rows, mask=mask)
         else:
             imgs = steerer.steered(prompts, seed, concept, "global", beta, window, rows,
                                    normalisation=None if normalisation == "remove" else normalisation)
