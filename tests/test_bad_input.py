@@ -298,6 +298,13 @@ def test_the_tiny_world_gives_a_perfect_score(world):
     assert d.labels(0) == ["dog"] and d.labels(1) == ["sky"]
     rows = evaluate(evaluate_cfg(world))
     assert rows[0]["composition_iou"] > 0.8 and rows[0]["objects"] == 12   # bilinear edges cost a little
+    # exact labels agree here (each concept has one label); "everywhere" is the masks' mean area share
+    from sae_concepts.training.storage.masks import image_masks
+    areas = [m.float().mean().item() for pid in range(6)
+             for m in image_masks(world / "eval" / "masks", pid, IMG).values()]
+    assert rows[0]["composition_iou_label"] > 0.8
+    assert rows[0]["composition_iou_everywhere"] == pytest.approx(sum(areas) / len(areas))
+    assert rows[0]["composition_iou"] > rows[0]["composition_iou_everywhere"] + 0.3   # masks are half the image
     assert strict_json(world / "metrics.json")["masks"]["objects_scored_per_label"] == {"dog": 6, "sky": 6}
 
 

@@ -20,14 +20,15 @@ from workflow_convert import ui_to_api  # noqa: E402
 
 TOY_SAE = "toyworld_test_sae.safetensors"
 TOY_DICT = "toyworld_test_dictionary.json"
-SHIPPED_SAE = "toyworld_v2_sae_set.safetensors"          # what the toy workflows load
-SHIPPED_DICT = "toyworld_v2_concept_dictionary.json"
 REPO = Path(__file__).resolve().parent.parent
 TOY_WORKFLOWS = sorted((REPO / "workflows").glob("toyworld_*.json"))
 # The SD1.5 / SDXL / Flux workflows, run with the Toy World in place of their model (their thumbnails).
 MODEL_WORKFLOWS = sorted(w for w in (REPO / "workflows").glob("*.json") if not w.name.startswith("toyworld_"))
 sys.path.insert(0, str(REPO / "workflows"))
 import toy_workflows  # noqa: E402
+
+# The file names the toy workflows load (the shipped files' names).
+SHIPPED_SAE, SHIPPED_DICT, SHIPPED_MODEL = toy_workflows.TOY_SAE, toy_workflows.TOY_DICTIONARY, toy_workflows.WEIGHTS
 
 
 def toy_weights(folder: Path) -> Path:
@@ -72,18 +73,18 @@ def write_toy_models(base: Path, weights: Path) -> str:
     sae_dir.mkdir(parents=True)
     given = override_files()
     if given is not None:          # trained files under the names the toy workflows load
-        (base / "models" / "toyworld" / "toyworld_v2.safetensors").symlink_to(given[0].resolve())
+        (base / "models" / "toyworld" / SHIPPED_MODEL).symlink_to(given[0].resolve())
         (sae_dir / SHIPPED_SAE).symlink_to(given[1].resolve())
         (sae_dir / SHIPPED_DICT).symlink_to(given[2].resolve())
     elif not shipped_toy_files():  # the toy workflows name the shipped files: stand-ins of the same names
-        (base / "models" / "toyworld" / "toyworld_v2.safetensors").symlink_to(weights)
+        (base / "models" / "toyworld" / SHIPPED_MODEL).symlink_to(weights)
         write_random_toy_sae(sae_dir, SHIPPED_SAE, SHIPPED_DICT)
     write_random_toy_sae(sae_dir, TOY_SAE, TOY_DICT)
     if given is None and shipped_toy_files():
         from sae_concepts.nodes.toyworld_nodes import SHIPPED_SAE_DIR, SHIPPED_WEIGHTS
         toy_files = SHIPPED_SAE_DIR / SHIPPED_SAE, SHIPPED_WEIGHTS
     else:
-        toy_files = sae_dir / SHIPPED_SAE, base / "models" / "toyworld" / "toyworld_v2.safetensors"
+        toy_files = sae_dir / SHIPPED_SAE, base / "models" / "toyworld" / SHIPPED_MODEL
     write_set_with_means(*toy_files, sae_dir / toy_workflows.TOY_SAE_WITH_MEANS)
     return "toy_under_test.safetensors"
 
@@ -182,6 +183,19 @@ def graph(weights: str, steer: dict | None, empty: str = "toy", steps: int = 4) 
 def images_of(srv, hist, api):
     return {n["inputs"]["filename_prefix"]: saved_image(srv, hist, nid)
             for nid, n in api.items() if n["class_type"] == "SaveImage"}
+
+
+def test_toy_workflows_name_the_shipped_files_and_sampler(comfy):
+    """The workflows (built by a standalone script) load the files the pack ships, at the sampler
+    settings the model card measured (DEFAULT_SAMPLER)."""
+    from sae_concepts.host.toyworld.sampling import DEFAULT_SAMPLER, SHIPPED_WEIGHTS
+    from sae_concepts.nodes.toyworld_nodes import SHIPPED_SAE_DIR
+    assert SHIPPED_WEIGHTS.name == SHIPPED_MODEL and SHIPPED_WEIGHTS.is_file()
+    assert (SHIPPED_SAE_DIR / SHIPPED_SAE).is_file() and (SHIPPED_SAE_DIR / SHIPPED_DICT).is_file()
+    assert toy_workflows.TOY_SAMPLER == tuple(DEFAULT_SAMPLER[k] for k in ("steps", "cfg", "sampler_name", "scheduler"))
+    for w in TOY_WORKFLOWS:
+        text = w.read_text()
+        assert all(name in text for name in (SHIPPED_MODEL, SHIPPED_SAE, SHIPPED_DICT)), w.name
 
 
 def test_toy_model_runs_with_core_nodes(toy_server):

@@ -68,6 +68,7 @@ def test_ssim_is_one_for_equal_images_and_drops_with_change():
 
 def test_tables_put_the_paper_beside_ours_and_say_when_nothing_was_steered():
     rows = [{"block": "middle_block.1", "t": 1.0, "cond": "cond", "composition_iou": 0.31, "objects": 12,
+             "composition_iou_label": 0.42, "composition_iou_everywhere": 0.08, "predicted_fraction": 0.5,
              "cohesion": 0.8, "inter_concept_similarity": 0.2, "fvu": 0.1}]
     steering = {"unsteered_success": {"spatial": 0.0, "style": 0.25, "suppress_object": 0.0, "suppress_style": 0.0},
                 "missing_labels": {"spatial": False, "style": True, "suppress_object": False, "suppress_style": True},
@@ -75,7 +76,7 @@ def test_tables_put_the_paper_beside_ours_and_say_when_nothing_was_steered():
                                 "success": 0.5, "colour_in_quadrant": 0.75, "rmse": 0.1, "ssim": 0.7,
                                 "normalisation": None}]}
     md = tables_markdown(rows, steering, {"weights": "w", "step": "5", "images": "n", "steps": 25, "cfg": 3.0})
-    assert "| middle_block.1 | 1 | cond | 0.31 | 12 |" in md and "0.26" in md
+    assert "| middle_block.1 | 1 | cond | 0.31 | 0.42 | 0.08 | 0.50 | 12 |" in md and "0.26" in md
     assert "| early | 32 | both | 50 % (8) | 75 % |" in md and "80 %" in md
     assert "no concept of the steered blocks is labelled" in md
     html = markdown_to_html(md)

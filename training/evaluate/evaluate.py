@@ -105,15 +105,25 @@ def dictionary_quality(emb: dict[int, np.ndarray], labels: dict[int, list[str]],
             "inter_concept_similarity": inter}
 
 
-def composition_iou(sae, shards, key, emb, masks_root, kv, threshold, size) -> dict:
+def composition_iou(sae, shards, key, emb, masks_root, kv, threshold, size, labels=None) -> dict:
     """The paper's composition prediction: top concept per position -> its embedding -> cosine
     with the object's word vector -> thresholded score map -> IoU with the object's mask.
-    Objects are counted per label; IoU is None (null) when no object could be scored."""
-    ious = []
+    Objects are counted per label; IoU is None (null) when no object could be scored.
+
+    Beside it, two figures that say what the number is worth:
+    - `composition_iou_label`: the same top-concept map, but a position is predicted only where the
+      top concept's dictionary labels hold the object's own label (no word vectors). Where the
+      vocabulary is small and related (the Toy World: "red circle" and "plain" have cosine 0.59 in
+      GloVe), the word-vector map can call every labelled position the object;
+    - `composition_iou_everywhere`: the IoU of predicting the whole image (the object's area
+      fraction), the level a map that localises nothing reaches;
+    and `predicted_fraction`: the mean share of the image the word-vector map predicts."""
+    ious, label_ious, everywhere, predicted = [], [], [], []
     per_label: Counter = Counter()
     no_vector: set = set()
     ids_with = torch.tensor(sorted(emb), dtype=torch.long)
     table = torch.from_numpy(np.stack([emb[c] for c in sorted(emb)])).float() if emb else None
+    labels_of = [set(labels.get(c, [])) if labels else set() for c in sorted(emb)]
     images = Path(shards.root) / "images"
     for pid, rows, hw in image_codes(shards, key):
         if table is None:
@@ -127,6 +137,11 @@ def composition_iou(sae, shards, key, emb, masks_root, kv, threshold, size) -> d
         lookup = torch.full((sae.n_latents,), -1, dtype=torch.long)
         lookup[ids_with] = torch.arange(len(ids_with))
         slot = lookup[top]
+
+        def predicted_mask(score):
+            up = F.interpolate(score.reshape(1, 1, *hw), size=(size, size), mode="bilinear", align_corners=False)
+            return up[0, 0]
+
         for label, mask in masks.items():
             word = embed_label(kv, label)
             if word is None:
@@ -135,11 +150,20 @@ def composition_iou(sae, shards, key, emb, masks_root, kv, threshold, size) -> d
             w = torch.from_numpy(word).float()
             sims = F.cosine_similarity(table, w[None], dim=1)
             score = torch.where(slot >= 0, sims[slot.clamp_min(0)], torch.zeros(()))
-            up = F.interpolate(score.reshape(1, 1, *hw), size=(size, size), mode="bilinear", align_corners=False)[0, 0]
-            ious.append(iou_matrix((up > threshold)[None], mask[None])[0, 0].item())
+            pred = predicted_mask(score) > threshold
+            ious.append(iou_matrix(pred[None], mask[None])[0, 0].item())
+            predicted.append(pred.float().mean().item())
+            own = torch.tensor([label in labs for labs in labels_of] + [False])   # slot -1: unlabelled
+            hit = own[torch.where(slot >= 0, slot, torch.full_like(slot, len(labels_of)))].float()
+            label_ious.append(iou_matrix((predicted_mask(hit) > 0.5)[None], mask[None])[0, 0].item())
+            everywhere.append(mask.float().mean().item())
             per_label[label] += 1
-    return {"composition_iou": float(np.mean(ious)) if ious else None, "objects": len(ious),
-            "objects_per_label": dict(sorted(per_label.items())),
+
+    def mean(xs):
+        return float(np.mean(xs)) if xs else None
+    return {"composition_iou": mean(ious), "composition_iou_label": mean(label_ious) if labels else None,
+            "composition_iou_everywhere": mean(everywhere), "predicted_fraction": mean(predicted),
+            "objects": len(ious), "objects_per_label": dict(sorted(per_label.items())),
             "labels_without_word_vector": sorted(no_vector)}
 
 
@@ -188,10 +212,11 @@ def evaluate(cfg: EvaluateConfig) -> list[dict]:
         concepts = dictionary.for_sae(e.info.block, e.info.t, e.info.cond) if dictionary else None
         if concepts is not None:
             emb = concept_embeddings(concepts, kv)
-            row.update(dictionary_quality(emb, {c: v["labels"] for c, v in concepts.concepts.items()}, kv))
+            labels = {c: v["labels"] for c, v in concepts.concepts.items()}
+            row.update(dictionary_quality(emb, labels, kv))
             if cfg.masks:
                 row.update(composition_iou(e.sae, shards, key, emb, cfg.masks, kv, cfg.score_threshold,
-                                           cfg.mask_size))
+                                           cfg.mask_size, labels))
         rows.append(row)
     if not rows:
         raise ConfigError(f"no SAE of {cfg.sae} has activations in {cfg.shards}: SAEs "

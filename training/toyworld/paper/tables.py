@@ -31,11 +31,18 @@ def tables_markdown(metrics_rows: list[dict], steering: dict | None, meta: dict,
     lines = [f"Toy World model: {meta.get('weights')} (step {meta.get('step')}); {meta.get('images')}; "
              f"DDIM {meta.get('steps')} steps, CFG {meta.get('cfg')}. Measured on a shared 2-core CPU.", ""]
     lines += ["### (a) Composition emergence: concept-map IoU with the final image's objects",
-              "", "| block | t | cond | IoU (ours) | objects | cohesion | inter-concept sim. | FVU | paper |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "", "IoU (ours) is the paper's method (top concept per position, cosine of its label embedding with the "
+              "object's word vector > 0.5); 'label' predicts only where the top concept's own labels hold the object's "
+              "label; 'everywhere' is the IoU of predicting the whole image (a map that localises nothing); "
+              "'predicted' is the share of the image the paper's map predicts.",
+              "", "| block | t | cond | IoU (ours) | label | everywhere | predicted | objects | cohesion | "
+                  "inter-concept sim. | FVU | paper |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(metrics_rows, key=lambda r: (r["block"], -r["t"] if r["t"] is not None else 0, r["cond"])):
         paper = "0.26 (mid, t=1; saturating by t=0.5)" if r["block"] == "middle_block.1" and r["t"] == 1.0 and r["cond"] == "cond" else ""
-        lines.append(f"| {r['block']} | {r['t']:g} | {r['cond']} | {num(r.get('composition_iou'))} | {r.get('objects', '–')} | "
+        lines.append(f"| {r['block']} | {r['t']:g} | {r['cond']} | {num(r.get('composition_iou'))} | "
+                     f"{num(r.get('composition_iou_label'))} | {num(r.get('composition_iou_everywhere'))} | "
+                     f"{num(r.get('predicted_fraction'))} | {r.get('objects', '–')} | "
                      f"{num(r.get('cohesion'))} | {num(r.get('inter_concept_similarity'))} | {num(r.get('fvu'))} | {paper} |")
     if not steering:
         return "\n".join(lines) + "\n"
