@@ -83,6 +83,19 @@ def test_tables_put_the_paper_beside_ours_and_say_when_nothing_was_steered():
     assert html.count("<table>") == 4 and "<td>50 % (8)</td>" in html
 
 
+def test_block_sensitivity_edit_has_the_asked_size_and_is_repeatable():
+    from sae_concepts.training.toyworld.paper.sensitivity import random_edit
+    delta = torch.randn(2, 8, 3, 3, generator=torch.Generator().manual_seed(1))
+    seen: dict = {}
+    a = random_edit(4.0, 0, seen, "b")(delta, None)
+    assert torch.allclose(a.norm(dim=1), 4.0 * delta.norm(dim=1), rtol=1e-5)
+    assert seen == {"b": "3x3"}
+    assert torch.equal(a, random_edit(4.0, 0, {}, "b")(delta, None))        # same seed, same directions
+    assert not torch.allclose(a, random_edit(4.0, 1, {}, "b")(delta, None))
+    cos = torch.nn.functional.cosine_similarity(a[0, :, 0, 0], a[0, :, 1, 1], dim=0)
+    assert abs(cos) < 0.99                                                  # a direction per position
+
+
 def test_paper_pipeline_end_to_end_on_a_small_toy_model(comfy, tmp_path):
     """collect -> masks -> train -> dictionary -> evaluate -> steering -> tables + report: on the shipped
     model it must run through; on a random toy model (no shipped weights yet) it may only stop at
@@ -102,8 +115,10 @@ def test_paper_pipeline_end_to_end_on_a_small_toy_model(comfy, tmp_path):
         assert "dictionary would be empty" in str(e) or "found no object" in str(e)
         pytest.skip(f"no shipped toy weights; a random toy model stops early, as it should: {e}")
     md = (tmp_path / "paper" / "paper_tables.md").read_text()
-    for head in ("(a) Composition", "(b) Spatial", "(c) Global style", "(d) Negative"):
+    for head in ("(a) Composition", "(b) Spatial", "(c) Global style", "(d) Negative", "(e) How much the image"):
         assert head in md
+    assert [(r["block"], r["ratio"]) for r in summary["sensitivity"]][:2] == [("input_blocks.1.1", 1.0),
+                                                                             ("input_blocks.1.1", 4.0)]
     assert len(summary["composition"]) == 18   # 3 blocks x 3 t x cond/uncond
     assert "The paper on the Toy World" in (tmp_path / "paper" / "report" / "index.html").read_text()
     again = run_paper(cfg, progress=False)      # resumes: nothing is redone, same numbers

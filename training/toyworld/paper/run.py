@@ -11,6 +11,7 @@ from ....sae_core.atomic import write_text_atomic
 
 from .composition import add_style_labels, run_composition, style_edit_size
 from .config import ToyPaperConfig
+from .sensitivity import run_sensitivity
 from .steering import run_steering
 from .tables import add_to_report, tables_markdown
 
@@ -26,19 +27,20 @@ def run_paper(cfg: ToyPaperConfig, progress: bool = True) -> dict:
     write_text_atomic(out / "paper_config.json", json.dumps(asdict(cfg), indent=1))
     model, clip, vae = load_toy_parts(cfg.weights)
     comp = run_composition(cfg, model, clip, vae, progress)
-    steering = None
+    steering = sensitivity = None
     if not cfg.skip_steering:
         heldout = Path(comp["splits"]["heldout"])
         steer_dict = add_style_labels(comp["sae"], comp["dictionary"], heldout, heldout / "masks",
                                       out / "concept_dictionary_with_styles.json")
         steering = run_steering(cfg, model, clip, comp["sae"], steer_dict, progress)
+        sensitivity = run_sensitivity(cfg, model, clip, progress)
     meta = weights_metadata(cfg.weights)
     info = {"weights": Path(cfg.weights).name, "step": meta.get("step"), "steps": cfg.steps, "cfg": cfg.cfg,
             "images": f"{cfg.train_images} train / {cfg.heldout_images} dictionary / {cfg.eval_images} eval images, "
                       f"{cfg.steer_images} per steering condition"}
     rows = json.loads(Path(comp["metrics"]).read_text())["rows"]
     edit_size = style_edit_size(comp["sae"], comp["splits"]["eval"])
-    md = tables_markdown(rows, steering, info, edit_size)
+    md = tables_markdown(rows, steering, info, edit_size, sensitivity)
     write_text_atomic(out / "paper_tables.md", md)
     from ...report.report import build_report
     index = build_report(out / "report", comp["sae"], comp["dictionary"], comp["metrics"], comp["splits"]["eval"],
@@ -55,6 +57,7 @@ def run_paper(cfg: ToyPaperConfig, progress: bool = True) -> dict:
     summary = {"tables": str(out / "paper_tables.md"), "report": str(index), "composition": rows,
                "steering": None if steering is None else [{k: v for k, v in c.items() if k != "images"}
                                                           for c in steering["conditions"]],
+               "sensitivity": sensitivity,
                "unsteered_success": None if steering is None else steering["unsteered_success"]}
     write_text_atomic(out / "paper_summary.json", json.dumps(summary, indent=1))
     return summary

@@ -27,7 +27,22 @@ def window_of(win) -> str:
     return f"{win[0]:g}-{win[1]:g}"
 
 
-def tables_markdown(metrics_rows: list[dict], steering: dict | None, meta: dict, edit_size: list[dict] | None = None) -> str:
+def sensitivity_markdown(rows: list[dict]) -> list[str]:
+    """Table (e): how much the image depends on each block (sensitivity.py)."""
+    n = rows[0]["n"] if rows else 0
+    lines = ["", "### (e) How much the image depends on each block",
+             f"A random edit of r x ||Delta_ij|| (a random direction at each position, every step, cond and uncond "
+             f"rows) added at one block; RMSE against the unedited image (pixels in 0-1) and the share of the {n} "
+             "images in which the detector reads the same objects and style. A steer is an edit of about this size.",
+             "", "| block | grid | r | RMSE | same reading |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['block']} | {r['resolution']} | {r['ratio']:g} | {num(r['rmse'], '.3f')} | "
+                     f"{pct(r['same_reading'])} |")
+    return lines
+
+
+def tables_markdown(metrics_rows: list[dict], steering: dict | None, meta: dict, edit_size: list[dict] | None = None,
+                    sensitivity: list[dict] | None = None) -> str:
     lines = [f"Toy World model: {meta.get('weights')} (step {meta.get('step')}); {meta.get('images')}; "
              f"DDIM {meta.get('steps')} steps, CFG {meta.get('cfg')}. Measured on a shared 2-core CPU.", ""]
     lines += ["### (a) Composition emergence: concept-map IoU with the final image's objects",
@@ -88,6 +103,8 @@ def tables_markdown(metrics_rows: list[dict], steering: dict | None, meta: dict,
                   else f"negative GlobalStyleSteer ({c['normalisation']})")
         lines.append(f"| {c['kind'].split('_')[1]} | {method} | {c['beta']:g} | {pct(c['success'])} ({c['n']}) | "
                      f"{pct(c.get('kept'))} | {num(c['rmse'], '.3f')} | {num(c['ssim'])} |")
+    if sensitivity:
+        lines += sensitivity_markdown(sensitivity)
     return "\n".join(lines) + "\n"
 
 
