@@ -2,8 +2,8 @@
 Delta (r x ||Delta_ij|| at every position, a fresh random direction per position, every step) is
 added at one block, and the image's change is measured. A steer is an edit of about that size
 (beta x ||z_ij||, z the SAE code of Delta), so a block the image hardly depends on cannot be
-steered at any beta that leaves the picture intact. The two highest-resolution blocks are
-measured beside the paper's three for contrast."""
+steered at any beta that leaves the picture intact. Measured along the U, down and back up: the
+paper's three blocks and, for contrast, a transformer at each larger grid on both sides."""
 from __future__ import annotations
 
 import json
@@ -17,9 +17,9 @@ from ....host.toyworld.world import sample_scene
 
 from .config import ToyPaperConfig
 
-# The paper's three blocks and, for contrast, the first down and last up transformer (full latent size).
-SENSITIVITY_BLOCKS = ("input_blocks.1.1", "input_blocks.8.1", "middle_block.1", "output_blocks.3.1",
-                      "output_blocks.11.1")
+# Down the U and back up (SD1.x paths; on the 24x24 toy latent: 24, 12, 6, 3, 6, 12, 24).
+SENSITIVITY_BLOCKS = ("input_blocks.1.1", "input_blocks.5.1", "input_blocks.8.1", "middle_block.1",
+                      "output_blocks.3.1", "output_blocks.6.1", "output_blocks.11.1")
 RATIOS = (1.0, 4.0)
 
 
