@@ -120,6 +120,9 @@ def test_paper_pipeline_end_to_end_on_a_small_toy_model(comfy, tmp_path):
     assert [(r["block"], r["ratio"]) for r in summary["sensitivity"]][:2] == [("input_blocks.1.1", 1.0),
                                                                              ("input_blocks.1.1", 4.0)]
     assert len(summary["composition"]) == 18   # 3 blocks x 3 t x cond/uncond
+    from PIL import Image
+    with Image.open(tmp_path / "paper" / "spatial_steering.png") as fig:   # 2 tasks x (unsteered + 3 windows)
+        assert fig.size == (190 + 2 * (96 + 6), 58 + 4 * (96 + 6))
     assert "The paper on the Toy World" in (tmp_path / "paper" / "report" / "index.html").read_text()
     again = run_paper(cfg, progress=False)      # resumes: nothing is redone, same numbers
     assert json.dumps(again["composition"]) == json.dumps(summary["composition"])

@@ -11,20 +11,20 @@ import json
 
 TOY_LOAD, TOY_LATENT, QUADRANT = ("SAEConcepts_LoadToyWorld", "SAEConcepts_ToyWorldEmptyLatent",
                                   "SAEConcepts_QuadrantMask")
-WEIGHTS = "toyworld_v2.safetensors"
-TOY_SAE = "toyworld_v2_sae_set.safetensors"
-TOY_DICTIONARY = "toyworld_v2_concept_dictionary.json"
+WEIGHTS = "toyworld_v3.safetensors"
+TOY_SAE = "toyworld_v3_sae_set.safetensors"
+TOY_DICTIONARY = "toyworld_v3_concept_dictionary.json"
 TOY_SOCKETS = {TOY_LOAD: ([], [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
                TOY_LATENT: ([], [("LATENT", "LATENT")]), QUADRANT: ([], [("MASK", "MASK")])}
 TOY_SIZES = {TOY_LOAD: (320, 60), TOY_LATENT: (320, 110), QUADRANT: (320, 110)}
-TOY_SAMPLER = (25, 3.0, "ddim", "ddim_uniform")
+TOY_SAMPLER = (25, 6.0, "ddim", "ddim_uniform")
 # The settings shown in the pictures and notes (from the measured tables; see the README).
 SETTINGS = {
     "composition": dict(concept="red circle", beta=4096.0, window=(0.0, 0.4), quadrant="bottom right",
                         prompt="yellow triangle on checkered background", seed=4),
     "style": dict(concept="striped", beta=8.0, normalisation="mean", window=(0.4, 0.8),
                   prompt="green triangle on plain background", seed=2),
-    # down block: on Toy World v2 the mid block's concepts are all background styles (README)
+    # down block: on the shipped toy the mid block's dictionary names the styles and three squares only
     "concept_map": dict(concept="red circle", block="input_blocks.8.1",
                         prompt="red circle and blue triangle on dotted background", seed=3),
     "suppression": dict(concept="red circle", beta=-64.0, normalisation="mean", window=(0.0, 1.0),
@@ -95,9 +95,9 @@ def builders(ns: dict) -> tuple:
         g.link(sae, 0, steer, "sae")
         note(g, f"Toy World style steering. GlobalStyleSteer pushes the '{s['concept']}' concepts at every position "
                 f"of the three blocks in the middle window (0.4-0.8), beta {s['beta']:g} with normalisation "
-                f"'{s['normalisation']}' (see the README for why). On Toy World v2 no beta or normalisation measured "
-                f"changed the detected style (README, style table): this graph shows the wiring, not a working "
-                f"style edit.\n\n{VOCAB_NOTE}", 2, 240)
+                f"'{s['normalisation']}' (see the README for why). On the shipped Toy World no beta or normalisation "
+                f"measured changed the detected style (README, table (c)): its image hardly depends on these "
+                f"blocks (table (e)). This graph shows the wiring, not a working style edit.\n\n{VOCAB_NOTE}", 2, 240)
         steered_beside_unsteered(g, steer, toy, pos, neg, lat, s["seed"], "style")
         g.save("toyworld_style")
 
@@ -120,7 +120,7 @@ def builders(ns: dict) -> tuple:
         g.link(m2i, 0, msave, "images")
         note(g, "Concept map on the Toy World: ConceptMapPreview stops at the first step (pure noise, the paper's "
                 f"t = 1.0) and shows the strongest SAE concept at each position of {s['block']} (the down block: on "
-                f"this model the mid block's concepts are all background styles); the final image (same seed) shows "
+                f"this model the mid block's dictionary names the styles and only three squares); the final image (same seed) shows "
                 f"where the objects ended up.\n\n{VOCAB_NOTE}", 0, 220)
         sample_and_save(g, (toy, 0), toy, pos, neg, lat, s["seed"], "sae_concepts/toyworld_concept_map_final",
                         "Final image (same seed)", col=5)
@@ -159,21 +159,22 @@ ON_TOY = {
                                     "no visible change, shown as it is."),
     "concept_map_first_step": dict(prompt=SETTINGS["concept_map"]["prompt"], seed=5, concept_map="red circle",
                                    block=SETTINGS["concept_map"]["block"],
-                                   note="The toy draws triangles for every shape word; compare the map at t = 1 "
-                                        "with where the objects end up."),
+                                   note="Compare the map at t = 1 with where the objects end up: on the toy "
+                                        "it does not predict them (README, table (a))."),
     "combined_spatial_and_style": dict(prompt=SETTINGS["composition"]["prompt"], seed=4, spatial="red circle",
                                        style="striped", note=BLOB),
     "sdxl_turbo_sdlens_paint": dict(prompt=SETTINGS["composition"]["prompt"], seed=4, spatial="red circle",
                                     beta=1000.0, note="Strength 1000, not the workflow's 10, which changes nothing "
-                                    "visible on the toy; it disturbs the whole picture, no red circle appears. "
+                                    "visible on the toy; the background breaks up and a second triangle appears, "
+                                    "no red circle. "
                                     "Feature means measured on toy samples."),
     "flux_activation_addition": dict(prompt=SETTINGS["composition"]["prompt"], seed=4, spatial="red circle",
                                      beta=64.0, note="beta 64, not the workflow's 0.8, which changes nothing "
-                                     "visible on the toy: the object changes, no red circle appears."),
+                                     "visible on the toy: a second triangle appears, no red circle."),
 }
 # SDLens paint scales by each feature's mean activation, which the toy SAE set does not carry: the
 # host test writes the set with those means measured on toy samples under this name.
-TOY_SAE_WITH_MEANS = "toyworld_v2_sae_set_with_means.safetensors"
+TOY_SAE_WITH_MEANS = "toyworld_v3_sae_set_with_means.safetensors"
 MODEL_LOADERS = {"CheckpointLoaderSimple": None, "UNETLoader": 0, "DualCLIPLoader": 1, "VAELoader": 2}
 STEERS = {"SAEConcepts_SpatialConceptSteer": "spatial", "SAEConcepts_GlobalStyleSteer": "style"}
 

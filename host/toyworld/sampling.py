@@ -28,8 +28,8 @@ from .model import ToyModelConfig, ToyTextEncoder, image_to_latent, latent_to_im
 from .world import tokenize
 
 FORMAT = "sae-concepts-toyworld-v1"
-SHIPPED_WEIGHTS = Path(__file__).parent / "weights" / "toyworld_v2.safetensors"
-DEFAULT_SAMPLER = dict(steps=25, cfg=3.0, sampler_name="ddim", scheduler="ddim_uniform")
+SHIPPED_WEIGHTS = Path(__file__).parent / "weights" / "toyworld_v3.safetensors"
+DEFAULT_SAMPLER = dict(steps=25, cfg=6.0, sampler_name="ddim", scheduler="ddim_uniform")
 
 
 def toy_latent_format(cfg: ToyModelConfig):

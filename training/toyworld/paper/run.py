@@ -11,6 +11,7 @@ from ....sae_core.atomic import write_text_atomic
 
 from .composition import add_style_labels, run_composition, style_edit_size
 from .config import ToyPaperConfig
+from .figure import spatial_figure
 from .sensitivity import run_sensitivity
 from .steering import run_steering
 from .tables import add_to_report, tables_markdown
@@ -48,6 +49,12 @@ def run_paper(cfg: ToyPaperConfig, progress: bool = True) -> dict:
     pics = []
     if steering:
         import shutil
+        beta = max(float(b) for b in cfg.spatial_betas.split(","))
+        figure = spatial_figure(out, beta, title=f"Spatial steering, {Path(cfg.weights).name} (step {meta.get('step')}): "
+                                                 f"put an object not in the prompt into a quadrant (both CFG rows)")
+        if figure is not None:
+            shutil.copy(figure, out / "report" / figure.name)
+            pics.append(figure.name)
         for c in steering["conditions"]:
             src = out / "steering" / f"{c['name']}.png"
             if src.exists():
