@@ -183,6 +183,30 @@ def test_resume_with_other_settings_is_an_error(comfy, tmp_path):
         train(_tiny_train_cfg(tmp_path, lr=1e-3), progress=False)
 
 
+def test_skip_dropout_zeroes_only_the_high_resolution_skips_of_dropped_scenes(comfy, tmp_path):
+    from sae_concepts.training.toyworld.train import ToyTrainer, skip_dropout_patch, train
+    patch = skip_dropout_patch(torch.tensor([True, False]), keep_at_most=6)
+    h = torch.ones(2, 4, 12, 12)
+    _, hsp = patch(h, torch.ones(2, 4, 12, 12), {})
+    assert hsp[0].abs().sum() == 0 and torch.equal(hsp[1], torch.ones(4, 12, 12))
+    _, low = patch(h[:, :, :6, :6], torch.ones(2, 4, 6, 6), {})
+    assert torch.equal(low, torch.ones(2, 4, 6, 6))                   # the 6x6 and 3x3 skips stay
+    # in training: the U-Net really sees the patch (the loss changes), and off draws as before
+
+    def loss(**kw):
+        trainer = ToyTrainer(_tiny_train_cfg(tmp_path, **kw))
+        with torch.no_grad():   # a fresh U-Net's zero-initialised outputs would hide any input
+            for v in trainer.unet.parameters():
+                if not v.any():
+                    v.copy_(torch.randn(v.shape, generator=torch.Generator().manual_seed(v.numel())) * 0.05)
+            return trainer.loss_on(0).item()
+    plain = loss()
+    assert loss(skip_dropout=1.0) != plain and loss(skip_dropout=0.0) == plain
+    train(_tiny_train_cfg(tmp_path / "d", skip_dropout=0.5), progress=False, stop_after=2)
+    with pytest.raises(ValueError, match="skip_dropout"):
+        train(_tiny_train_cfg(tmp_path / "d"), progress=False)
+
+
 def test_exported_model_samples_through_comfy(comfy, tmp_path):
     """The exported file loads as a ComfyUI ModelPatcher (SD1.x block paths, EPS, SD1.x sigmas)
     and comfy.sample.sample runs it with CFG."""

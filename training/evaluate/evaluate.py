@@ -117,7 +117,8 @@ def composition_iou(sae, shards, key, emb, masks_root, kv, threshold, size, labe
       GloVe), the word-vector map can call every labelled position the object;
     - `composition_iou_everywhere`: the IoU of predicting the whole image (the object's area
       fraction), the level a map that localises nothing reaches;
-    and `predicted_fraction`: the mean share of the image the word-vector map predicts."""
+    and `predicted_fraction`: the mean share of the image the word-vector map predicts. All four are
+    over the same objects: those whose label has a word vector."""
     ious, label_ious, everywhere, predicted = [], [], [], []
     per_label: Counter = Counter()
     no_vector: set = set()

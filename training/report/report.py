@@ -106,7 +106,8 @@ CAPTION = 30        # px of caption under each picture (two lines)
 OUTLINE = (1.0, 0.1, 0.1)   # colour of an ITDA atom's source token on its pictures
 
 
-def _font(size: int):
+def default_font(size: int):
+    """PIL's built-in font at `size` where Pillow can scale it (>= 10.1), else its fixed one."""
     from PIL import ImageFont
     try:
         return ImageFont.load_default(size=size)   # Pillow >= 10.1: a scalable built-in font
@@ -123,14 +124,14 @@ def card_image(title: str, subtitle: str, tiles: list[tuple[torch.Tensor, str, s
     head = 40
     card = Image.new("RGB", (max(width, 2 * TILE), head + TILE + CAPTION + gap), "white")
     draw = ImageDraw.Draw(card)
-    draw.text((gap, 3), title, fill=(0, 0, 0), font=_font(14))
-    draw.text((gap, 22), subtitle, fill=(90, 90, 90), font=_font(11))
+    draw.text((gap, 3), title, fill=(0, 0, 0), font=default_font(14))
+    draw.text((gap, 22), subtitle, fill=(90, 90, 90), font=default_font(11))
     for i, (pic, line1, line2) in enumerate(tiles):
         x = gap + i * (TILE + gap)
         arr = F.interpolate(pic.permute(2, 0, 1)[None], size=(TILE, TILE), mode="nearest")[0].permute(1, 2, 0)
         card.paste(Image.fromarray((arr.clamp(0, 1).numpy() * 255).astype(np.uint8)), (x, head))
-        draw.text((x, head + TILE + 2), line1, fill=(0, 0, 0), font=_font(11))
-        draw.text((x, head + TILE + 15), line2, fill=(90, 90, 90), font=_font(10))
+        draw.text((x, head + TILE + 2), line1, fill=(0, 0, 0), font=default_font(11))
+        draw.text((x, head + TILE + 15), line2, fill=(90, 90, 90), font=default_font(10))
     return card
 
 

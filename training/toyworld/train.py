@@ -40,6 +40,10 @@ class ToyTrainConfig:
     omit_style: float = field(default=0.1, metadata={"help": "fraction of prompts that leave the style unnamed"})
     offset_noise: float = field(default=0.1, metadata={"help": "std of a per-channel constant added to the noise (teaches that a noise offset is not image colour); may change on resume"})
     grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clip"})
+    skip_dropout: float = field(default=0.0, metadata={
+        "help": "chance per scene of zeroing the U-Net's skip connections above latent/4 (24x24 and 12x12 on the "
+                "toy) in training, so the image must pass through the paper's 6x6 / 3x3 blocks; 0 = off (the "
+                "shipped recipe). Inference is unchanged"})
     seed: int = field(default=0, metadata={"help": "seed of init, scenes and noise"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads (recorded; results depend on it)"})
     checkpoint_every: int = field(default=100, metadata={"help": "steps between checkpoints"})
@@ -66,6 +70,16 @@ def make_batch(cfg: ToyTrainConfig, step: int, batch_size: int | None = None,
         ids.append(tokenize("" if rng.random() < cfg.prompt_dropout else scene.prompt))
     x0 = m.to_model_space(image_to_latent(torch.from_numpy(np.stack(images))))
     return x0, torch.tensor(ids, dtype=torch.long)
+
+
+def skip_dropout_patch(dropped: torch.Tensor, keep_at_most: int):
+    """ComfyUI output_block_patch: zero the skip connection (hsp) of the `dropped` scenes wherever
+    it is larger than keep_at_most x keep_at_most (the low-resolution skips stay)."""
+    def patch(h, hsp, transformer_options):
+        if hsp.shape[-1] > keep_at_most:
+            hsp = hsp * (~dropped).to(hsp.dtype).view(-1, 1, 1, 1)
+        return h, hsp
+    return patch
 
 
 class ToyTrainer:
@@ -98,9 +112,13 @@ class ToyTrainer:
         noise = torch.randn(x0.shape, generator=g)
         if self.cfg.offset_noise > 0:   # drawn last, so runs without it draw exactly as before
             noise = noise + self.cfg.offset_noise * torch.randn(x0.shape[0], x0.shape[1], 1, 1, generator=g)
+        options = {}
+        if self.cfg.skip_dropout > 0:   # drawn last, so runs without it draw exactly as before
+            dropped = torch.rand(x0.shape[0], generator=g) < self.cfg.skip_dropout
+            options = {"patches": {"output_block_patch": [skip_dropout_patch(dropped, x0.shape[-1] // 4)]}}
         ab = self.alphas_cumprod[t].view(-1, 1, 1, 1)
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-        eps = self.unet(xt, t.float(), context=self.text(ids))
+        eps = self.unet(xt, t.float(), context=self.text(ids), transformer_options=options)
         per_sample = (eps - noise).square().mean(dim=(1, 2, 3))
         if self.cfg.min_snr_gamma > 0:
             snr = (ab / (1 - ab)).view(-1)
@@ -153,6 +171,9 @@ class ToyTrainer:
             if saved[key] != getattr(self.cfg, key):
                 raise ConfigError(f"{path}: resuming with {key}={getattr(self.cfg, key)} but the run "
                                  f"was started with {key}={saved[key]}; use the same settings or a new --out")
+        if saved.get("skip_dropout", 0.0) != self.cfg.skip_dropout:   # absent in runs that predate it
+            raise ConfigError(f"{path}: resuming with skip_dropout={self.cfg.skip_dropout} but the run was "
+                              f"started with skip_dropout={saved.get('skip_dropout', 0.0)}; use the same or a new --out")
         t = load_file(str(path))
         self.modules.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
         self.ema = {k[4:]: v.clone() for k, v in t.items() if k.startswith("ema.")}

@@ -25,29 +25,34 @@ def strip_images(path: Path, n: int) -> list[np.ndarray]:
 
 def spatial_figure(out: Path, beta: float, rows: str = "both", columns: int = 6, title: str = "") -> Path | None:
     """out/spatial_steering.png, or None when the run has no spatial steering saved."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
+    from ...report.report import default_font
+    from .steering import hash_text
     steering = Path(out) / "steering"
     index = steering / "unsteered_spatial.json"
     strips = {w: steering / f"spatial_{w}_b{beta:g}_{rows}.png" for w in WINDOWS}
     if not index.exists() or not all(p.exists() for p in strips.values()):
         return None
-    tasks = json.loads(index.read_text())["tasks"][:columns]
-    refs = np.load(next(steering.glob("unsteered_spatial_*.npz")))
+    all_tasks = json.loads(index.read_text())["tasks"]
+    tasks = all_tasks[:columns]
+    # the unsteered images of exactly these tasks (steering.run_steering's name for them)
+    refs_path = steering / f"unsteered_spatial_{hash_text(json.dumps([[t['prompt'], t['concept']] for t in all_tasks])):x}.npz"
     seen: dict[str, int] = {}
     unsteered = []
-    for t in tasks:                       # the reference images are stored per concept, in task order
-        j = seen.get(t["concept"], 0)
-        seen[t["concept"]] = j + 1
-        img = refs[t["concept"].replace(" ", "_")][j]
-        img = (np.clip(img, 0, 1) * 255).round().astype(np.uint8) if img.dtype != np.uint8 else img
-        unsteered.append(np.asarray(Image.fromarray(img).resize((CELL, CELL), Image.NEAREST)))
+    with np.load(refs_path) as refs:
+        for t in tasks:                   # stored per concept, in task order
+            j = seen.get(t["concept"], 0)
+            seen[t["concept"]] = j + 1
+            img = refs[t["concept"].replace(" ", "_")][j]
+            img = (np.clip(img, 0, 1) * 255).round().astype(np.uint8) if img.dtype != np.uint8 else img
+            unsteered.append(np.asarray(Image.fromarray(img).resize((CELL, CELL), Image.NEAREST)))
     grid = [("unsteered", unsteered)]
     for w, (a, b) in WINDOWS.items():
         imgs = strip_images(strips[w], len(json.loads((steering / f"spatial_{w}_b{beta:g}_{rows}.json").read_text())
                                              ["images"]))[:columns]
         grid.append((f"{w} {a:g}-{b:g}, beta {beta:g}",
                      [np.asarray(Image.fromarray(i).resize((CELL, CELL), Image.NEAREST)) for i in imgs]))
-    font = ImageFont.load_default(size=13)
+    font = default_font(13)
     left, top, pad = 190, 58, 6
     sheet = Image.new("RGB", (left + len(tasks) * (CELL + pad), top + len(grid) * (CELL + pad)), "white")
     draw = ImageDraw.Draw(sheet)

@@ -1,9 +1,10 @@
 """How much the final image depends on each block: a random edit the size of the block's own
-Delta (r x ||Delta_ij|| at every position, a fresh random direction per position, every step) is
-added at one block, and the image's change is measured. A steer is an edit of about that size
-(beta x ||z_ij||, z the SAE code of Delta), so a block the image hardly depends on cannot be
-steered at any beta that leaves the picture intact. Measured along the U, down and back up: the
-paper's three blocks and, for contrast, a transformer at each larger grid on both sides."""
+Delta (r x ||Delta_ij|| at every position, along a random direction per position, the same
+directions at every step) is added to one transformer block's Delta, and the image's change is
+measured. It only perturbs the transformer's Delta, with random directions (a steer adds SAE
+directions, usually far larger: beta x ||z_ij||); what it shows is how much of the image runs
+through that block at the size of what the block itself adds. Measured along the U, down and back
+up: the paper's three blocks and, for contrast, a transformer at each larger grid on both sides."""
 from __future__ import annotations
 
 import json
