@@ -249,11 +249,13 @@ def format_table(rows: list[dict]) -> str:
     def cell(r, key, width, fmt):
         v = r.get(key)
         return f"{v:>{width}{fmt}}" if v is not None else f"{'-':>{width}}"   # undefined: shown as "-"
-    head = f"{'block':<18} {'t':>4} {'cond':<6} {'FVU':>6} {'L0':>5} {'dead':>5} {'cohes.':>7} {'inter':>6} {'IoU':>5}"
+    # "IoU all": what predicting the whole image scores, the level a map that localises nothing reaches
+    head = (f"{'block':<18} {'t':>4} {'cond':<6} {'FVU':>6} {'L0':>5} {'dead':>5} {'cohes.':>7} {'inter':>6} {'IoU':>5} "
+            f"{'IoU all':>7}")
     lines = [head]
     for r in rows:
         lines.append(f"{r['block']:<18} {r['t'] if r['t'] is not None else -1:>4.1f} {r['cond']:<6} "
                      f"{cell(r, 'fvu', 6, '.3f')} {cell(r, 'l0', 5, '.1f')} {cell(r, 'dead_fraction', 5, '.2f')} "
                      f"{cell(r, 'cohesion', 7, '.3f')} {cell(r, 'inter_concept_similarity', 6, '.3f')} "
-                     f"{cell(r, 'composition_iou', 5, '.2f')}")
+                     f"{cell(r, 'composition_iou', 5, '.2f')} {cell(r, 'composition_iou_everywhere', 7, '.2f')}")
     return "\n".join(lines)
