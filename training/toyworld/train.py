@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -166,14 +166,14 @@ class ToyTrainer:
         saved = json.loads(meta["train_config"])
         # The schedule's length may be extended on resume (recorded in the checkpoint's
         # "schedule" history, so the recipe stays exact); every other setting must match.
+        # A setting a run's checkpoint predates (skip_dropout) ran at its default.
+        defaults = {f.name: f.default for f in fields(ToyTrainConfig)}
         for key in ("seed", "batch_size", "lr", "warmup", "lr_floor", "min_snr_gamma",
-                    "prompt_dropout", "omit_style", "ema_decay", "weight_decay", "grad_clip"):
-            if saved[key] != getattr(self.cfg, key):
+                    "prompt_dropout", "omit_style", "ema_decay", "weight_decay", "grad_clip", "skip_dropout"):
+            started = saved.get(key, defaults[key])
+            if started != getattr(self.cfg, key):
                 raise ConfigError(f"{path}: resuming with {key}={getattr(self.cfg, key)} but the run "
-                                 f"was started with {key}={saved[key]}; use the same settings or a new --out")
-        if saved.get("skip_dropout", 0.0) != self.cfg.skip_dropout:   # absent in runs that predate it
-            raise ConfigError(f"{path}: resuming with skip_dropout={self.cfg.skip_dropout} but the run was "
-                              f"started with skip_dropout={saved.get('skip_dropout', 0.0)}; use the same or a new --out")
+                                 f"was started with {key}={started}; use the same settings or a new --out")
         t = load_file(str(path))
         self.modules.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
         self.ema = {k[4:]: v.clone() for k, v in t.items() if k.startswith("ema.")}

@@ -13,21 +13,21 @@ from .config import WINDOWS
 CELL = 96       # px per 48 px image (2x, no smoothing)
 
 
-def strip_images(path: Path, n: int) -> list[np.ndarray]:
-    """The n images of a steering strip (steering.save_strip: 2 px borders, scale 2)."""
+def strip_images(path: Path) -> list[np.ndarray]:
+    """The images of a steering strip (steering.save_strip: one row, 2 px borders, scale 2)."""
     from PIL import Image
     with Image.open(path) as im:
         a = np.asarray(im.convert("RGB"))
     size = a.shape[0] // 2 - 2            # the image side before scaling
     step = (size + 2) * 2
-    return [a[:size * 2, i * step:i * step + size * 2] for i in range(n)]
+    return [a[:size * 2, i * step:i * step + size * 2] for i in range(a.shape[1] // step)]
 
 
 def spatial_figure(out: Path, beta: float, rows: str = "both", columns: int = 6, title: str = "") -> Path | None:
     """out/spatial_steering.png, or None when the run has no spatial steering saved."""
     from PIL import Image, ImageDraw
     from ...report.report import default_font
-    from .steering import hash_text
+    from .steering import unsteered_path
     steering = Path(out) / "steering"
     index = steering / "unsteered_spatial.json"
     strips = {w: steering / f"spatial_{w}_b{beta:g}_{rows}.png" for w in WINDOWS}
@@ -35,11 +35,9 @@ def spatial_figure(out: Path, beta: float, rows: str = "both", columns: int = 6,
         return None
     all_tasks = json.loads(index.read_text())["tasks"]
     tasks = all_tasks[:columns]
-    # the unsteered images of exactly these tasks (steering.run_steering's name for them)
-    refs_path = steering / f"unsteered_spatial_{hash_text(json.dumps([[t['prompt'], t['concept']] for t in all_tasks])):x}.npz"
     seen: dict[str, int] = {}
     unsteered = []
-    with np.load(refs_path) as refs:
+    with np.load(unsteered_path(steering, "spatial", all_tasks)) as refs:
         for t in tasks:                   # stored per concept, in task order
             j = seen.get(t["concept"], 0)
             seen[t["concept"]] = j + 1
@@ -48,8 +46,7 @@ def spatial_figure(out: Path, beta: float, rows: str = "both", columns: int = 6,
             unsteered.append(np.asarray(Image.fromarray(img).resize((CELL, CELL), Image.NEAREST)))
     grid = [("unsteered", unsteered)]
     for w, (a, b) in WINDOWS.items():
-        imgs = strip_images(strips[w], len(json.loads((steering / f"spatial_{w}_b{beta:g}_{rows}.json").read_text())
-                                             ["images"]))[:columns]
+        imgs = strip_images(strips[w])[:columns]
         grid.append((f"{w} {a:g}-{b:g}, beta {beta:g}",
                      [np.asarray(Image.fromarray(i).resize((CELL, CELL), Image.NEAREST)) for i in imgs]))
     font = default_font(13)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ....sae_core.atomic import write_text_atomic
-from ....host.toyworld.world import COLOURS, SHAPES, STYLES, sample_scene, scene_prompt, ToyObject
+from ....host.toyworld.world import COLOURS, SHAPES, STYLES, Scene, sample_scene, scene_prompt, ToyObject
 
 from .config import ToyPaperConfig, WINDOWS
 
@@ -87,6 +87,14 @@ class Steerer:
         return self.sample(m, prompts, seed)
 
 
+def single_object_scene(rng: np.random.Generator, acceptable) -> Scene:
+    """A one-object scene whose object passes `acceptable` (drawn again until it does)."""
+    while True:
+        scene = sample_scene(rng, n_objects=1)
+        if acceptable(scene.objects[0]):
+            return scene
+
+
 def steering_tasks(cfg: ToyPaperConfig, kind: str, steerer: Steerer) -> list[dict]:
     """One task per image: prompt, what to steer towards / away from, the quadrant (spatial)."""
     rng = np.random.default_rng([cfg.seed, 9_000 + ("spatial", "style", "suppress_object", "suppress_style").index(kind)])
@@ -100,11 +108,7 @@ def steering_tasks(cfg: ToyPaperConfig, kind: str, steerer: Steerer) -> list[dic
                 break
             target = objects[int(rng.integers(len(objects)))]
             tc, ts = target.split()
-            while True:
-                scene = sample_scene(rng, n_objects=1)
-                o = scene.objects[0]
-                if o.colour != tc and o.shape != ts:
-                    break
+            scene = single_object_scene(rng, lambda o: o.colour != tc and o.shape != ts)
             tasks.append({"prompt": scene.prompt, "concept": target})
         elif kind == "style":
             if not styles:
@@ -118,10 +122,7 @@ def steering_tasks(cfg: ToyPaperConfig, kind: str, steerer: Steerer) -> list[dic
                 break
             target = objects[int(rng.integers(len(objects)))]
             tc, ts = target.split()
-            while True:
-                scene = sample_scene(rng, n_objects=1)
-                if scene.objects[0].label != target:
-                    break
+            scene = single_object_scene(rng, lambda o: o.label != target)
             objs = (scene.objects[0], ToyObject(tc, ts, 16, 0, 0))
             tasks.append({"prompt": scene_prompt(objs, scene.style), "concept": target, "keep": scene.objects[0].label})
         else:
@@ -202,6 +203,12 @@ def run_condition(steerer: Steerer, kind: str, tasks: list[dict], name: str, bet
     return result
 
 
+def unsteered_path(folder: Path, kind: str, tasks: list[dict]) -> Path:
+    """Where the unsteered images of these tasks are kept (keyed by the tasks themselves: another
+    dictionary gives other tasks, so another file)."""
+    return Path(folder) / f"unsteered_{kind}_{hash_text(json.dumps([[t['prompt'], t['concept']] for t in tasks])):x}.npz"
+
+
 def hash_text(text: str) -> int:
     import hashlib
     return int(hashlib.sha256(text.encode()).hexdigest()[:6], 16)
@@ -250,7 +257,7 @@ def run_steering(cfg: ToyPaperConfig, model, clip, sae_path, dict_path, progress
     from ..detect import detect
     for kind, ts in tasks.items():
         # keyed by the tasks themselves: another dictionary (other labels) gives other tasks
-        ref_path = out / f"unsteered_{kind}_{hash_text(json.dumps([[t['prompt'], t['concept']] for t in ts])):x}.npz"
+        ref_path = unsteered_path(out, kind, ts)
         by_concept: dict[str, list[int]] = {}
         for i, t in enumerate(ts):
             by_concept.setdefault(t["concept"], []).append(i)
