@@ -187,12 +187,12 @@ def images_of(srv, hist, api):
 
 def test_toy_workflows_name_the_shipped_files_and_sampler(comfy):
     """The workflows (built by a standalone script) load the files the pack ships, at the sampler
-    settings the model card measured (DEFAULT_SAMPLER)."""
-    from sae_concepts.host.toyworld.sampling import DEFAULT_SAMPLER, SHIPPED_WEIGHTS
+    settings their steering settings were measured with (PAPER_SAMPLER, the paper tables')."""
+    from sae_concepts.host.toyworld.sampling import PAPER_SAMPLER, SHIPPED_WEIGHTS
     from sae_concepts.nodes.toyworld_nodes import SHIPPED_SAE_DIR
     assert SHIPPED_WEIGHTS.name == SHIPPED_MODEL and SHIPPED_WEIGHTS.is_file()
     assert (SHIPPED_SAE_DIR / SHIPPED_SAE).is_file() and (SHIPPED_SAE_DIR / SHIPPED_DICT).is_file()
-    assert toy_workflows.TOY_SAMPLER == tuple(DEFAULT_SAMPLER[k] for k in ("steps", "cfg", "sampler_name", "scheduler"))
+    assert toy_workflows.TOY_SAMPLER == tuple(PAPER_SAMPLER[k] for k in ("steps", "cfg", "sampler_name", "scheduler"))
     for w in TOY_WORKFLOWS:
         text = w.read_text()
         assert all(name in text for name in (SHIPPED_MODEL, SHIPPED_SAE, SHIPPED_DICT)), w.name

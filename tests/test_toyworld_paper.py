@@ -2,6 +2,7 @@
 and the whole `toyworld paper` pipeline end to end on a small random toy model (host tier)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -126,3 +127,29 @@ def test_paper_pipeline_end_to_end_on_a_small_toy_model(comfy, tmp_path):
     assert "The paper on the Toy World" in (tmp_path / "paper" / "report" / "index.html").read_text()
     again = run_paper(cfg, progress=False)      # resumes: nothing is redone, same numbers
     assert json.dumps(again["composition"]) == json.dumps(summary["composition"])
+    more = run_paper(dataclasses.replace(cfg, steer_images=3), progress=False)   # other tasks: steered again
+    before = {c["name"]: c["n"] for c in summary["steering"]}
+    assert all(c["n"] == 3 for c in more["steering"] if before[c["name"]] == 2) and 3 in {c["n"] for c in more["steering"]}
+    moved = dataclasses.replace(cfg, collect_blocks="input_blocks.5.1")   # its Delta would not match the SAEs
+    with pytest.raises(ToyPaperError, match=r"paper_config\.json.*collect_blocks=''.*'input_blocks\.5\.1'"):
+        run_paper(moved, progress=False)
+
+
+def test_paper_run_at_other_blocks_collects_labels_and_steers_those(comfy, tmp_path):
+    """--collect-blocks: the SAEs, the composition rows and the steered blocks are the asked ones."""
+    from test_host_toyworld import toy_weights
+    from sae_concepts.host.toyworld.sampling import SHIPPED_WEIGHTS
+    from sae_concepts.sae_core import load_sae
+    from sae_concepts.training.toyworld.paper import ToyPaperConfig, run_paper
+    weights = toy_weights(tmp_path / "w")
+    if weights != SHIPPED_WEIGHTS:
+        pytest.skip("needs the shipped toy weights (a random model labels nothing)")
+    blocks = ["input_blocks.5.1", "output_blocks.6.1"]
+    cfg = ToyPaperConfig(out=str(tmp_path / "paper"), weights=str(weights), train_images=8, heldout_images=4,
+                         eval_images=4, steps=4, epochs=2, steer_images=1, spatial_betas="4", style_betas="mean:4",
+                         suppress_betas="-4", dictionary_iou=0.01, collect_blocks=",".join(blocks))
+    summary = run_paper(cfg, progress=False)
+    assert sorted({e.info.block for e in load_sae(tmp_path / "paper" / "sae_set.safetensors")}) == blocks
+    assert sorted({r["block"] for r in summary["composition"]}) == blocks and len(summary["composition"]) == 12
+    steered = {b for c in summary["steering"] for bs in c["blocks"].values() for b in bs}
+    assert steered and steered <= set(blocks)

@@ -17,6 +17,8 @@ TOY_DICTIONARY = "toyworld_v3_concept_dictionary.json"
 TOY_SOCKETS = {TOY_LOAD: ([], [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
                TOY_LATENT: ([], [("LATENT", "LATENT")]), QUADRANT: ([], [("MASK", "MASK")])}
 TOY_SIZES = {TOY_LOAD: (320, 60), TOY_LATENT: (320, 110), QUADRANT: (320, 110)}
+# The paper tables' sampler (host/toyworld/sampling.PAPER_SAMPLER, deterministic DDIM; a test checks):
+# the steering settings below were measured with it.
 TOY_SAMPLER = (25, 6.0, "ddim", "ddim_uniform")
 # The settings shown in the pictures and notes (from the measured tables; see the README).
 SETTINGS = {

@@ -10,6 +10,7 @@ API (import ComfyUI first: `sae_concepts.host.comfy_env.import_comfy`):
 - model.py:       `ToyModelConfig` (widths, SD1.x UNet kwargs), `ToyTextEncoder`, `build_unet`.
 - sampling.py:    `load_toy_model(path)` -> (ModelPatcher, ToyTextEncoder); `encode_prompt(te, text)`
                   -> CONDITIONING; `PixelUnshuffleAutoencoder` (the "VAE"); `sample_images(...)`
-                  (KSampler's path); `SHIPPED_WEIGHTS`, `DEFAULT_SAMPLER`.
+                  (KSampler's path); `SHIPPED_WEIGHTS`, `DEFAULT_SAMPLER` (drawing),
+                  `PAPER_SAMPLER` (measuring and steering: deterministic DDIM).
 - comfy_parts.py: `load_toy_parts(path)` -> ComfyUI's MODEL, CLIP and VAE objects.
 """

@@ -44,6 +44,10 @@ class ToyTrainConfig:
         "help": "chance per scene of zeroing the U-Net's skip connections above latent/4 (24x24 and 12x12 on the "
                 "toy) in training, so the image must pass through the paper's 6x6 / 3x3 blocks; 0 = off (the "
                 "shipped recipe). Inference is unchanged"})
+    init: str = field(default="torch", metadata={
+        "help": "U-Net weight init: torch (PyTorch's default; the shipped recipe) or unit (size-preserving "
+                "convolutions and linears, so the low-resolution path reaches the output from the start; "
+                "see host/toyworld/model.build_unet)"})
     seed: int = field(default=0, metadata={"help": "seed of init, scenes and noise"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads (recorded; results depend on it)"})
     checkpoint_every: int = field(default=100, metadata={"help": "steps between checkpoints"})
@@ -87,7 +91,7 @@ class ToyTrainer:
         self.cfg = cfg
         self.model_cfg = model_cfg or ToyModelConfig()
         torch.manual_seed(cfg.seed)
-        self.unet = build_unet(self.model_cfg)
+        self.unet = build_unet(self.model_cfg, init=cfg.init)
         self.text = ToyTextEncoder(self.model_cfg)
         self.modules = torch.nn.ModuleDict({"diffusion_model": self.unet, "text_encoder": self.text})
         self.ema = {k: v.detach().clone() for k, v in self.modules.state_dict().items()}
@@ -166,10 +170,10 @@ class ToyTrainer:
         saved = json.loads(meta["train_config"])
         # The schedule's length may be extended on resume (recorded in the checkpoint's
         # "schedule" history, so the recipe stays exact); every other setting must match.
-        # A setting a run's checkpoint predates (skip_dropout) ran at its default.
+        # A setting a run's checkpoint predates (skip_dropout, init) ran at its default.
         defaults = {f.name: f.default for f in fields(ToyTrainConfig)}
         for key in ("seed", "batch_size", "lr", "warmup", "lr_floor", "min_snr_gamma",
-                    "prompt_dropout", "omit_style", "ema_decay", "weight_decay", "grad_clip", "skip_dropout"):
+                    "prompt_dropout", "omit_style", "ema_decay", "weight_decay", "grad_clip", "skip_dropout", "init"):
             started = saved.get(key, defaults[key])
             if started != getattr(self.cfg, key):
                 raise ConfigError(f"{path}: resuming with {key}={getattr(self.cfg, key)} but the run "

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ....sae_core.atomic import write_text_atomic
-from ....host.toyworld.sampling import DEFAULT_SAMPLER
+from ....host.toyworld.sampling import PAPER_SAMPLER
 from ....host.toyworld.world import STYLES, sample_scene
 
 from .config import PAPER_T, SPLITS, ToyPaperConfig, ToyPaperError
@@ -81,8 +81,9 @@ def run_composition(cfg: ToyPaperConfig, model, clip, vae, progress: bool = True
         prompts = split_prompts(cfg, split, n)
         if not (folder / "prompts.jsonl").exists():
             # collect's width/height are SD pixels (latent = 1/8): 8 * the toy latent side.
-            collect(CollectConfig(out=str(folder), steps=cfg.steps, cfg=cfg.cfg, sampler=DEFAULT_SAMPLER["sampler_name"],
-                                  scheduler=DEFAULT_SAMPLER["scheduler"], width=8 * latent, height=8 * latent,
+            collect(CollectConfig(out=str(folder), steps=cfg.steps, cfg=cfg.cfg, sampler=PAPER_SAMPLER["sampler_name"],
+                                  scheduler=PAPER_SAMPLER["scheduler"], width=8 * latent, height=8 * latent,
+                                  blocks=cfg.collect_blocks,
                                   batch_size=16, prompts_per_shard=32, timesteps=",".join(f"{t:g}" for t in PAPER_T),
                                   seed=cfg.seed * 100_000 + SPLITS[split] * 10_000, checkpoint=cfg.weights),
                     model=model, clip=clip, vae=vae, prompts=prompts, progress=progress)

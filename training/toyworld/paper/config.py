@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ....sae_core.errors import SAEConceptsError
-from ....host.toyworld.sampling import DEFAULT_SAMPLER, SHIPPED_WEIGHTS
+from ....host.toyworld.sampling import PAPER_SAMPLER, SHIPPED_WEIGHTS
 
 
 PAPER_T = (1.0, 0.5, 0.0)
@@ -26,8 +26,8 @@ class ToyPaperConfig:
     train_images: int = field(default=96, metadata={"help": "images whose Delta trains the SAEs"})
     heldout_images: int = field(default=32, metadata={"help": "images for the concept dictionary"})
     eval_images: int = field(default=32, metadata={"help": "images for composition IoU"})
-    steps: int = field(default=DEFAULT_SAMPLER["steps"], metadata={"help": "sampler steps (DDIM)"})
-    cfg: float = field(default=DEFAULT_SAMPLER["cfg"], metadata={"help": "classifier-free guidance scale"})
+    steps: int = field(default=PAPER_SAMPLER["steps"], metadata={"help": "sampler steps (DDIM)"})
+    cfg: float = field(default=PAPER_SAMPLER["cfg"], metadata={"help": "classifier-free guidance scale"})
     expansion_factor: int = field(default=4, metadata={"help": "SAE latents = expansion_factor * channels"})
     k: int = field(default=10, metadata={"help": "SAE active latents per vector"})
     epochs: int = field(default=30, metadata={"help": "SAE training passes over the train split"})
@@ -37,11 +37,44 @@ class ToyPaperConfig:
     style_betas: str = field(default="sum:10,1000;mean:2,8;none:2,8",
                              metadata={"help": "beta sweep of the style steer per normalisation"})
     suppress_betas: str = field(default="-8,-64,-512", metadata={"help": "betas of the negative global steer (mean norm.)"})
-    blocks: str = field(default="auto", metadata={"help": "steered block(s): auto = all three, or one path"})
+    collect_blocks: str = field(default="", metadata={"help": "blocks whose Delta is collected, SAE-trained, labelled "
+                                                              "and steered (comma-separated ComfyUI paths; empty = the "
+                                                              "paper's three: input_blocks.8.1, middle_block.1, "
+                                                              "output_blocks.3.1)"})
+    blocks: str = field(default="auto", metadata={"help": "steered block(s): auto = every collected block, or one path"})
     seed: int = field(default=0, metadata={"help": "seed of prompts and noise"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads"})
     skip_steering: bool = field(default=False, metadata={"help": "stop after composition (no steering runs)"})
 
 
+# What the collected Delta, the SAEs and the dictionary depend on: a run resumed with any of these
+# changed would mix stages made under different settings, so it is refused (steering settings may change).
+FIXED_ON_RESUME = ("weights", "train_images", "heldout_images", "eval_images", "steps", "cfg", "seed",
+                   "collect_blocks", "expansion_factor", "k", "epochs", "dictionary_iou")
+
+
 class ToyPaperError(SAEConceptsError, ValueError):
     pass
+
+
+def check_resume(cfg: ToyPaperConfig, config_path) -> None:
+    """Refuse to resume a run folder made with different FIXED_ON_RESUME settings (a setting the
+    folder's paper_config.json predates counts as its default)."""
+    import json
+    from dataclasses import fields
+    from pathlib import Path
+    config_path = Path(config_path)
+    if not config_path.exists():
+        return
+    old = json.loads(config_path.read_text())
+    defaults = {f.name: f.default for f in fields(ToyPaperConfig)}
+    for key in FIXED_ON_RESUME:
+        was, now = old.get(key, defaults[key]), getattr(cfg, key)
+        if key == "weights":
+            same = Path(was).resolve() == Path(now).resolve()
+        else:
+            same = was == now
+        if not same:
+            raise ToyPaperError(f"{config_path}: this run folder was made with {key}={was!r}, asked now {key}={now!r}; "
+                                f"its collected Delta, SAEs and dictionary depend on it. Use a new --out folder "
+                                f"(or the old setting to resume)")

@@ -4,7 +4,10 @@ directions at every step) is added to one transformer block's Delta, and the ima
 measured. It only perturbs the transformer's Delta, with random directions (a steer adds SAE
 directions, usually far larger: beta x ||z_ij||); what it shows is how much of the image runs
 through that block at the size of what the block itself adds. Measured along the U, down and back
-up: the paper's three blocks and, for contrast, a transformer at each larger grid on both sides."""
+up: the paper's three blocks and, for contrast, a transformer at each larger grid on both sides.
+At the paper's blocks the same edit is also made the size of the block's *output* (the residual
+stream there, r x ||output_ij||): where even that leaves the image alone, nothing at that grid
+matters to it, not only the transformer's own update."""
 from __future__ import annotations
 
 import json
@@ -22,11 +25,13 @@ from .config import ToyPaperConfig
 SENSITIVITY_BLOCKS = ("input_blocks.1.1", "input_blocks.5.1", "input_blocks.8.1", "middle_block.1",
                       "output_blocks.3.1", "output_blocks.6.1", "output_blocks.11.1")
 RATIOS = (1.0, 4.0)
+STREAM_BLOCKS = ("input_blocks.8.1", "middle_block.1", "output_blocks.3.1")   # the paper's three
+STREAM_RATIO = 4.0
 
 
 def random_edit(ratio: float, seed: int, resolution: dict, block: str):
-    """BlockEdit: ratio x ||Delta_ij|| along a random unit direction per position (seeded; the same
-    directions at every call of the same shape)."""
+    """BlockEdit: ratio x ||x_ij|| along a random unit direction per position, x being what the
+    patch shows (Delta, or the output); seeded, the same directions at every call of the same shape."""
     directions: dict[tuple, torch.Tensor] = {}
 
     def edit(delta, call):
@@ -48,10 +53,11 @@ def reading(image: np.ndarray) -> tuple:
 
 
 def run_sensitivity(cfg: ToyPaperConfig, model, clip, progress: bool = True) -> list[dict]:
-    """Rows {block, resolution, ratio, n, rmse, same_reading}; resumes from sensitivity.json."""
+    """Rows {block, resolution, edit ("delta" / "stream"), ratio, n, rmse, same_reading}; resumes
+    from sensitivity.json."""
     from tqdm import tqdm
     from ....host.block_patch import patch_block
-    from ....host.toyworld.sampling import sample_images
+    from ....host.toyworld.sampling import PAPER_SAMPLER, sample_images
     path = Path(cfg.out) / "sensitivity.json"
     if path.exists():
         return json.loads(path.read_text())
@@ -60,16 +66,20 @@ def run_sensitivity(cfg: ToyPaperConfig, model, clip, progress: bool = True) -> 
     seed = cfg.seed * 1000 + 78
 
     def images(m):
-        return sample_images(m, clip.text_encoder, prompts, seed=seed, steps=cfg.steps, cfg=cfg.cfg).numpy()
+        return sample_images(m, clip.text_encoder, prompts, seed=seed, steps=cfg.steps, cfg=cfg.cfg,
+                             sampler_name=PAPER_SAMPLER["sampler_name"], scheduler=PAPER_SAMPLER["scheduler"]).numpy()
     base = images(model)
     base_readings = [reading(b) for b in base]
     rows, resolution = [], {}
-    plan = [(b, r) for b in SENSITIVITY_BLOCKS for r in RATIOS]
-    for block, ratio in tqdm(plan, desc="toyworld block sensitivity", disable=not progress):
-        edited = images(patch_block(model, block, random_edit(ratio, cfg.seed, resolution, block)))
+    plan = [(b, r, "delta") for b in SENSITIVITY_BLOCKS for r in RATIOS] + \
+           [(b, STREAM_RATIO, "output") for b in STREAM_BLOCKS]
+    for block, ratio, quantity in tqdm(plan, desc="toyworld block sensitivity", disable=not progress):
+        edit = random_edit(ratio, cfg.seed, resolution, block)
+        edited = images(patch_block(model, block, edit, quantity=quantity))
         rmse = float(np.sqrt(((edited - base) ** 2).mean()))
         same = float(np.mean([reading(e) == r for e, r in zip(edited, base_readings)]))
-        rows.append({"block": block, "resolution": resolution.get(block), "ratio": ratio, "n": len(prompts),
+        rows.append({"block": block, "resolution": resolution.get(block),
+                     "edit": "delta" if quantity == "delta" else "stream", "ratio": ratio, "n": len(prompts),
                      "rmse": rmse, "same_reading": same})
     write_text_atomic(path, json.dumps(rows, indent=1))
     return rows

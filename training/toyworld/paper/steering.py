@@ -67,8 +67,9 @@ class Steerer:
         self.size = 2 * model.model.model_config.unet_config["image_size"]
 
     def sample(self, model, prompts: list[str], seed: int) -> np.ndarray:
-        from ....host.toyworld.sampling import sample_images
-        imgs = sample_images(model, self.clip.text_encoder, prompts, seed=seed, steps=self.cfg.steps, cfg=self.cfg.cfg)
+        from ....host.toyworld.sampling import PAPER_SAMPLER, sample_images
+        imgs = sample_images(model, self.clip.text_encoder, prompts, seed=seed, steps=self.cfg.steps, cfg=self.cfg.cfg,
+                             sampler_name=PAPER_SAMPLER["sampler_name"], scheduler=PAPER_SAMPLER["scheduler"])
         if not torch.isfinite(imgs).all():
             raise FloatingPointError("toyworld paper: non-finite image from a steered model")
         return imgs.numpy()
@@ -160,10 +161,16 @@ def judge_steer(kind: str, task: dict, image: np.ndarray, reference: np.ndarray,
 
 def run_condition(steerer: Steerer, kind: str, tasks: list[dict], name: str, beta: float, window, rows: str,
                   normalisation, refs: dict, out: Path) -> dict:
-    """Steer every task (grouped by concept: one steer per concept) and judge it; cached in out/<name>.json."""
+    """Steer every task (grouped by concept: one steer per concept) and judge it; cached in
+    out/<name>.json with the key of its tasks, so a resume with other tasks (another
+    --steer-images, another steered block) runs the condition again instead of reusing it."""
     path = out / f"{name}.json"
+    key = tasks_key(tasks)
     if path.exists():
-        return json.loads(path.read_text())
+        cached = json.loads(path.read_text())
+        # a file from before the key was kept: the same n means the same deterministic draw
+        if cached.get("tasks_key", key if cached.get("n") == len(tasks) else None) == key:
+            return cached
     rows_out, images = [], {}
     by_concept: dict[str, list[int]] = {}
     for i, t in enumerate(tasks):
@@ -187,7 +194,7 @@ def run_condition(steerer: Steerer, kind: str, tasks: list[dict], name: str, bet
             r = judge_steer(kind, tasks[i], imgs[j], ref[j], tasks[i].get("quadrant"))
             rows_out.append({"task": i, **r})
             images[i] = imgs[j]
-    result = {"name": name, "kind": kind, "beta": beta, "window": list(window), "rows": rows,
+    result = {"name": name, "tasks_key": key, "kind": kind, "beta": beta, "window": list(window), "rows": rows,
               "blocks": {c: steerer.blocks_for(c) for c in sorted(by_concept)},
               "normalisation": normalisation, "n": len(rows_out),
               "success": float(np.mean([r["success"] for r in rows_out])) if rows_out else None,
@@ -203,10 +210,15 @@ def run_condition(steerer: Steerer, kind: str, tasks: list[dict], name: str, bet
     return result
 
 
+def tasks_key(tasks: list[dict]) -> str:
+    """What identifies a list of steering tasks: their prompts and concepts, in order."""
+    return f"{hash_text(json.dumps([[t['prompt'], t['concept']] for t in tasks])):x}"
+
+
 def unsteered_path(folder: Path, kind: str, tasks: list[dict]) -> Path:
     """Where the unsteered images of these tasks are kept (keyed by the tasks themselves: another
     dictionary gives other tasks, so another file)."""
-    return Path(folder) / f"unsteered_{kind}_{hash_text(json.dumps([[t['prompt'], t['concept']] for t in tasks])):x}.npz"
+    return Path(folder) / f"unsteered_{kind}_{tasks_key(tasks)}.npz"
 
 
 def hash_text(text: str) -> int:

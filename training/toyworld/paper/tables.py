@@ -32,12 +32,13 @@ def sensitivity_markdown(rows: list[dict]) -> list[str]:
     n = rows[0]["n"] if rows else 0
     lines = ["", "### (e) How much the image depends on each block",
              f"A random edit of r x ||Delta_ij|| (a random direction at each position, every step, cond and uncond "
-             f"rows) added to one transformer block's Delta; RMSE against the unedited images (over all their pixels, "
-             f"in 0-1) and the share of the {n} images in which the detector reads the same objects and style.",
-             "", "| block | grid | r | RMSE | same reading |", "|---|---|---|---|---|"]
+             f"rows) added to one transformer block's Delta, or (edit 'stream') of r x ||output_ij||, the size of "
+             f"the residual stream after the block; RMSE against the unedited images (over all their pixels, in 0-1) "
+             f"and the share of the {n} images in which the detector reads the same objects and style.",
+             "", "| block | grid | edit | r | RMSE | same reading |", "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['block']} | {r['resolution']} | {r['ratio']:g} | {num(r['rmse'], '.3f')} | "
-                     f"{pct(r['same_reading'])} |")
+        lines.append(f"| {r['block']} | {r['resolution']} | {r.get('edit', 'delta')} | {r['ratio']:g} | "
+                     f"{num(r['rmse'], '.3f')} | {pct(r['same_reading'])} |")
     return lines
 
 
