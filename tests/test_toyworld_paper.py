@@ -130,6 +130,10 @@ def test_paper_pipeline_end_to_end_on_a_small_toy_model(comfy, tmp_path):
     more = run_paper(dataclasses.replace(cfg, steer_images=3), progress=False)   # other tasks: steered again
     before = {c["name"]: c["n"] for c in summary["steering"]}
     assert all(c["n"] == 3 for c in more["steering"] if before[c["name"]] == 2) and 3 in {c["n"] for c in more["steering"]}
+    import shutil
+    elsewhere = shutil.copy(weights, tmp_path / "same_weights_elsewhere.safetensors")   # same content: resumes
+    assert json.dumps(run_paper(dataclasses.replace(cfg, weights=str(elsewhere)), progress=False)["composition"]) == \
+        json.dumps(summary["composition"])
     moved = dataclasses.replace(cfg, collect_blocks="input_blocks.5.1")   # its Delta would not match the SAEs
     with pytest.raises(ToyPaperError, match=r"paper_config\.json.*collect_blocks=''.*'input_blocks\.5\.1'"):
         run_paper(moved, progress=False)

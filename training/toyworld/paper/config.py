@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ....sae_core.blocks import PAPER_BLOCKS
 from ....sae_core.errors import SAEConceptsError
 from ....host.toyworld.sampling import PAPER_SAMPLER, SHIPPED_WEIGHTS
 
@@ -39,8 +40,7 @@ class ToyPaperConfig:
     suppress_betas: str = field(default="-8,-64,-512", metadata={"help": "betas of the negative global steer (mean norm.)"})
     collect_blocks: str = field(default="", metadata={"help": "blocks whose Delta is collected, SAE-trained, labelled "
                                                               "and steered (comma-separated ComfyUI paths; empty = the "
-                                                              "paper's three: input_blocks.8.1, middle_block.1, "
-                                                              "output_blocks.3.1)"})
+                                                              f"paper's three: {', '.join(PAPER_BLOCKS)})"})
     blocks: str = field(default="auto", metadata={"help": "steered block(s): auto = every collected block, or one path"})
     seed: int = field(default=0, metadata={"help": "seed of prompts and noise"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads"})
@@ -57,9 +57,19 @@ class ToyPaperError(SAEConceptsError, ValueError):
     pass
 
 
+def weights_digest(path) -> str:
+    """sha256 of a weights file: what a run folder was made from, wherever the file is now."""
+    import hashlib
+    from pathlib import Path
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"toy world weights not found: {path}")
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def check_resume(cfg: ToyPaperConfig, config_path) -> None:
     """Refuse to resume a run folder made with different FIXED_ON_RESUME settings (a setting the
-    folder's paper_config.json predates counts as its default)."""
+    folder's paper_config.json predates counts as its default). The weights are compared by
+    content (weights_sha256) where the folder recorded it, else by resolved path."""
     import json
     from dataclasses import fields
     from pathlib import Path
@@ -70,11 +80,13 @@ def check_resume(cfg: ToyPaperConfig, config_path) -> None:
     defaults = {f.name: f.default for f in fields(ToyPaperConfig)}
     for key in FIXED_ON_RESUME:
         was, now = old.get(key, defaults[key]), getattr(cfg, key)
-        if key == "weights":
+        if key == "weights" and "weights_sha256" in old:
+            same = old["weights_sha256"] == weights_digest(now)
+        elif key == "weights":
             same = Path(was).resolve() == Path(now).resolve()
         else:
             same = was == now
         if not same:
-            raise ToyPaperError(f"{config_path}: this run folder was made with {key}={was!r}, asked now {key}={now!r}; "
-                                f"its collected Delta, SAEs and dictionary depend on it. Use a new --out folder "
-                                f"(or the old setting to resume)")
+            raise ToyPaperError(f"{config_path}: this run folder was made with {key}={was!r}, asked now {key}={now!r}"
+                                f"{' (another file)' if key == 'weights' else ''}; its collected Delta, SAEs and "
+                                f"dictionary depend on it. Use a new --out folder (or the old setting to resume)")

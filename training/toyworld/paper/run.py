@@ -10,7 +10,7 @@ import torch
 from ....sae_core.atomic import write_text_atomic
 
 from .composition import add_style_labels, run_composition, style_edit_size
-from .config import ToyPaperConfig, check_resume
+from .config import ToyPaperConfig, check_resume, weights_digest
 from .figure import spatial_figure
 from .sensitivity import run_sensitivity
 from .steering import run_steering
@@ -26,7 +26,8 @@ def run_paper(cfg: ToyPaperConfig, progress: bool = True) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     check_resume(cfg, out / "paper_config.json")
-    write_text_atomic(out / "paper_config.json", json.dumps(asdict(cfg), indent=1))
+    write_text_atomic(out / "paper_config.json",
+                      json.dumps({**asdict(cfg), "weights_sha256": weights_digest(cfg.weights)}, indent=1))
     model, clip, vae = load_toy_parts(cfg.weights)
     comp = run_composition(cfg, model, clip, vae, progress)
     steering = sensitivity = None

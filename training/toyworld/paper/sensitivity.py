@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ....sae_core.atomic import write_text_atomic
+from ....sae_core.blocks import PAPER_BLOCKS
 from ....host.toyworld.world import sample_scene
 
 from .config import ToyPaperConfig
@@ -25,7 +26,7 @@ from .config import ToyPaperConfig
 SENSITIVITY_BLOCKS = ("input_blocks.1.1", "input_blocks.5.1", "input_blocks.8.1", "middle_block.1",
                       "output_blocks.3.1", "output_blocks.6.1", "output_blocks.11.1")
 RATIOS = (1.0, 4.0)
-STREAM_BLOCKS = ("input_blocks.8.1", "middle_block.1", "output_blocks.3.1")   # the paper's three
+STREAM_BLOCKS = PAPER_BLOCKS   # the paper's three
 STREAM_RATIO = 4.0
 
 
