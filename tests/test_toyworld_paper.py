@@ -127,6 +127,13 @@ def test_paper_pipeline_end_to_end_on_a_small_toy_model(comfy, tmp_path):
     assert "The paper on the Toy World" in (tmp_path / "paper" / "report" / "index.html").read_text()
     again = run_paper(cfg, progress=False)      # resumes: nothing is redone, same numbers
     assert json.dumps(again["composition"]) == json.dumps(summary["composition"])
+    sens = tmp_path / "paper" / "sensitivity.json"   # a folder from before table (e) had its stream rows
+    rows = json.loads(sens.read_text())
+    sens.write_text(json.dumps([{k: v for k, v in r.items() if k != "edit"} for r in rows if r["edit"] == "delta"]))
+    explicit = dataclasses.replace(cfg, collect_blocks="output_blocks.3.1, mid_block.attentions.0,input_blocks.8.1")
+    assert run_paper(explicit, progress=False)["sensitivity"] == rows   # the same blocks as ""; missing rows measured
+    one = run_paper(dataclasses.replace(cfg, blocks="input_blocks.8.1"), progress=False)   # other blocks: steered again
+    assert {b for c in one["steering"] for bs in c["blocks"].values() for b in bs} == {"input_blocks.8.1"}
     more = run_paper(dataclasses.replace(cfg, steer_images=3), progress=False)   # other tasks: steered again
     before = {c["name"]: c["n"] for c in summary["steering"]}
     assert all(c["n"] == 3 for c in more["steering"] if before[c["name"]] == 2) and 3 in {c["n"] for c in more["steering"]}

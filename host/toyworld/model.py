@@ -131,8 +131,9 @@ def build_unet(cfg: ToyModelConfig, init: str = "torch"):
     1x1 skip convolutions of every decoder ResBlock, the upsamplers) while the skip connections
     enter fresh, and the 6x6 / 3x3 path reaches the output at ~0 % (measured: an edit of 4x the
     residual stream at the mid block changes the features entering the last conv by < 0.1 %).
-    init "unit": those layers get variance 1 / fan_in instead (size-preserving), so every grid
-    reaches the output from the first step.
+    init "unit": the convolutions' and linear layers' weights get variance 1 / fan_in instead
+    (size-preserving; biases and norms as PyTorch's), so every grid reaches the output from the
+    first step. The text encoder is built elsewhere and keeps PyTorch's init either way.
     """
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")

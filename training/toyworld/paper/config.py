@@ -57,6 +57,18 @@ class ToyPaperError(SAEConceptsError, ValueError):
     pass
 
 
+def collected_blocks(text: str) -> frozenset[str]:
+    """The blocks a --collect-blocks value collects, as ComfyUI paths ("" = the paper's three;
+    diffusers names, order and spaces do not matter)."""
+    from ....sae_core.families import get_family
+    names = [b.strip() for b in text.split(",") if b.strip()] or list(PAPER_BLOCKS)
+    family = get_family("toyworld")
+    try:
+        return frozenset(family.canonical_block(b) for b in names)
+    except ValueError as e:
+        raise ToyPaperError(f"--collect-blocks {text!r}: {e}") from None
+
+
 def weights_digest(path) -> str:
     """sha256 of a weights file: what a run folder was made from, wherever the file is now."""
     import hashlib
@@ -84,6 +96,8 @@ def check_resume(cfg: ToyPaperConfig, config_path) -> None:
             same = old["weights_sha256"] == weights_digest(now)
         elif key == "weights":
             same = Path(was).resolve() == Path(now).resolve()
+        elif key == "collect_blocks":
+            same = collected_blocks(was) == collected_blocks(now)
         else:
             same = was == now
         if not same:

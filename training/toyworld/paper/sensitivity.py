@@ -53,34 +53,45 @@ def reading(image: np.ndarray) -> tuple:
     return sorted((o.colour, o.shape) for o in d.objects), d.style
 
 
+# What a row's edit is sized by, as the tables name it, for each block_patch quantity.
+EDIT_NAME = {"delta": "delta", "output": "stream"}
+
+
 def run_sensitivity(cfg: ToyPaperConfig, model, clip, progress: bool = True) -> list[dict]:
-    """Rows {block, resolution, edit ("delta" / "stream"), ratio, n, rmse, same_reading}; resumes
-    from sensitivity.json."""
+    """Rows {block, resolution, edit ("delta" / "stream"), ratio, n, rmse, same_reading}. Resumes
+    from sensitivity.json row by row: a row of the plan already there for the same image count is
+    kept, any other (a row the plan gained, another --steer-images) is measured."""
     from tqdm import tqdm
     from ....host.block_patch import patch_block
     from ....host.toyworld.sampling import PAPER_SAMPLER, sample_images
     path = Path(cfg.out) / "sensitivity.json"
-    if path.exists():
-        return json.loads(path.read_text())
     rng = np.random.default_rng(cfg.seed * 1000 + 77)
     prompts = [sample_scene(rng).prompt for _ in range(cfg.steer_images)]
     seed = cfg.seed * 1000 + 78
-
-    def images(m):
-        return sample_images(m, clip.text_encoder, prompts, seed=seed, steps=cfg.steps, cfg=cfg.cfg,
-                             sampler_name=PAPER_SAMPLER["sampler_name"], scheduler=PAPER_SAMPLER["scheduler"]).numpy()
-    base = images(model)
-    base_readings = [reading(b) for b in base]
-    rows, resolution = [], {}
     plan = [(b, r, "delta") for b in SENSITIVITY_BLOCKS for r in RATIOS] + \
            [(b, STREAM_RATIO, "output") for b in STREAM_BLOCKS]
-    for block, ratio, quantity in tqdm(plan, desc="toyworld block sensitivity", disable=not progress):
-        edit = random_edit(ratio, cfg.seed, resolution, block)
-        edited = images(patch_block(model, block, edit, quantity=quantity))
-        rmse = float(np.sqrt(((edited - base) ** 2).mean()))
-        same = float(np.mean([reading(e) == r for e, r in zip(edited, base_readings)]))
-        rows.append({"block": block, "resolution": resolution.get(block),
-                     "edit": "delta" if quantity == "delta" else "stream", "ratio": ratio, "n": len(prompts),
-                     "rmse": rmse, "same_reading": same})
+
+    def key(block, ratio, edit, n=len(prompts)) -> tuple:
+        return block, float(ratio), edit, n
+    saved = {key(r["block"], r["ratio"], r.get("edit", "delta"), r["n"]): {**r, "edit": r.get("edit", "delta")}
+             for r in (json.loads(path.read_text()) if path.exists() else [])}   # rows from before "edit": Delta
+    missing = [step for step in plan if key(step[0], step[1], EDIT_NAME[step[2]]) not in saved]
+    if missing:
+        def images(m):
+            return sample_images(m, clip.text_encoder, prompts, seed=seed, steps=cfg.steps, cfg=cfg.cfg,
+                                 sampler_name=PAPER_SAMPLER["sampler_name"],
+                                 scheduler=PAPER_SAMPLER["scheduler"]).numpy()
+        base = images(model)
+        base_readings = [reading(b) for b in base]
+        resolution = {}
+        for block, ratio, quantity in tqdm(missing, desc="toyworld block sensitivity", disable=not progress):
+            edit = random_edit(ratio, cfg.seed, resolution, block)
+            edited = images(patch_block(model, block, edit, quantity=quantity))
+            rmse = float(np.sqrt(((edited - base) ** 2).mean()))
+            same = float(np.mean([reading(e) == r for e, r in zip(edited, base_readings)]))
+            saved[key(block, ratio, EDIT_NAME[quantity])] = {
+                "block": block, "resolution": resolution.get(block), "edit": EDIT_NAME[quantity], "ratio": ratio,
+                "n": len(prompts), "rmse": rmse, "same_reading": same}
+    rows = [saved[key(b, r, EDIT_NAME[q])] for b, r, q in plan]
     write_text_atomic(path, json.dumps(rows, indent=1))
     return rows

@@ -162,19 +162,22 @@ def judge_steer(kind: str, task: dict, image: np.ndarray, reference: np.ndarray,
 def run_condition(steerer: Steerer, kind: str, tasks: list[dict], name: str, beta: float, window, rows: str,
                   normalisation, refs: dict, out: Path) -> dict:
     """Steer every task (grouped by concept: one steer per concept) and judge it; cached in
-    out/<name>.json with the key of its tasks, so a resume with other tasks (another
-    --steer-images, another steered block) runs the condition again instead of reusing it."""
+    out/<name>.json with the key of its tasks and the blocks each concept is steered at, so a
+    resume with other tasks (another --steer-images) or other blocks (another --blocks) runs the
+    condition again instead of reusing it."""
     path = out / f"{name}.json"
     key = tasks_key(tasks)
-    if path.exists():
-        cached = json.loads(path.read_text())
-        # a file from before the key was kept: the same n means the same deterministic draw
-        if cached.get("tasks_key", key if cached.get("n") == len(tasks) else None) == key:
-            return cached
-    rows_out, images = [], {}
     by_concept: dict[str, list[int]] = {}
     for i, t in enumerate(tasks):
         by_concept.setdefault(t["concept"], []).append(i)
+    blocks = {c: steerer.blocks_for(c) for c in sorted(by_concept)}
+    if path.exists():
+        cached = json.loads(path.read_text())
+        # a file from before the key was kept: the same n means the same deterministic draw
+        same_tasks = cached.get("tasks_key", key if cached.get("n") == len(tasks) else None) == key
+        if same_tasks and cached.get("blocks") == blocks:
+            return cached
+    rows_out, images = [], {}
     for gi, (concept, idx) in enumerate(sorted(by_concept.items())):
         prompts = [tasks[i]["prompt"] for i in idx]
         seed = steerer.cfg.seed * 1000 + hash_text(kind + concept)
@@ -195,7 +198,7 @@ def run_condition(steerer: Steerer, kind: str, tasks: list[dict], name: str, bet
             rows_out.append({"task": i, **r})
             images[i] = imgs[j]
     result = {"name": name, "tasks_key": key, "kind": kind, "beta": beta, "window": list(window), "rows": rows,
-              "blocks": {c: steerer.blocks_for(c) for c in sorted(by_concept)},
+              "blocks": blocks,
               "normalisation": normalisation, "n": len(rows_out),
               "success": float(np.mean([r["success"] for r in rows_out])) if rows_out else None,
               "rmse": float(np.mean([r["rmse"] for r in rows_out])) if rows_out else None,
