@@ -79,3 +79,10 @@ def dataclass_from_args(cls, ns: argparse.Namespace, prefix: str = "", **fixed):
               if hasattr(ns, prefix + f.name)}
     values.update(fixed)
     return cls(**values)
+
+
+def saved_setting(saved: dict, cls, key: str):
+    """A setting as a run recorded it (the dataclass's asdict), or, where the record predates
+    the setting, the dataclass's default: the value the run then ran at."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    return saved.get(key, defaults[key])

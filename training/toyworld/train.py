@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from ...sae_core.atomic import atomic_path
 from ...sae_core.errors import ConfigError
+from ..dataclass_cli import saved_setting
 from ...host.toyworld.model import ToyModelConfig, ToyTextEncoder, build_unet, image_to_latent
 from ...host.toyworld.world import render, sample_scene, tokenize
 
@@ -171,10 +172,9 @@ class ToyTrainer:
         # The schedule's length may be extended on resume (recorded in the checkpoint's
         # "schedule" history, so the recipe stays exact); every other setting must match.
         # A setting a run's checkpoint predates (skip_dropout, init) ran at its default.
-        defaults = {f.name: f.default for f in fields(ToyTrainConfig)}
         for key in ("seed", "batch_size", "lr", "warmup", "lr_floor", "min_snr_gamma",
                     "prompt_dropout", "omit_style", "ema_decay", "weight_decay", "grad_clip", "skip_dropout", "init"):
-            started = saved.get(key, defaults[key])
+            started = saved_setting(saved, ToyTrainConfig, key)
             if started != getattr(self.cfg, key):
                 raise ConfigError(f"{path}: resuming with {key}={getattr(self.cfg, key)} but the run "
                                  f"was started with {key}={started}; use the same settings or a new --out")

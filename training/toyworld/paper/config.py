@@ -83,15 +83,14 @@ def check_resume(cfg: ToyPaperConfig, config_path) -> None:
     folder's paper_config.json predates counts as its default). The weights are compared by
     content (weights_sha256) where the folder recorded it, else by resolved path."""
     import json
-    from dataclasses import fields
     from pathlib import Path
+    from ...dataclass_cli import saved_setting
     config_path = Path(config_path)
     if not config_path.exists():
         return
     old = json.loads(config_path.read_text())
-    defaults = {f.name: f.default for f in fields(ToyPaperConfig)}
     for key in FIXED_ON_RESUME:
-        was, now = old.get(key, defaults[key]), getattr(cfg, key)
+        was, now = saved_setting(old, ToyPaperConfig, key), getattr(cfg, key)
         if key == "weights" and "weights_sha256" in old:
             same = old["weights_sha256"] == weights_digest(now)
         elif key == "weights":
