@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -82,6 +83,17 @@ def test_tables_put_the_paper_beside_ours_and_say_when_nothing_was_steered():
     assert "no concept of the steered blocks is labelled" in md
     html = markdown_to_html(md)
     assert html.count("<table>") == 4 and "<td>50 % (8)</td>" in html
+    # the reading, computed from the rows: a map 0.23 above the whole-image one localises; 0.04 above does not
+    assert "0.31 (middle_block.1, t = 1, cond) against 0.08" in md and "the maps localise the objects" in md
+    assert "in at best 50 % of images (early, both rows, beta 32; unsteered 0 %; paper: up to 80 %)" in md
+    assert html.count("<li>") == 2 and "<ul>" in html
+    flat = [{**rows[0], "composition_iou": 0.12}]
+    assert "do not localise" in tables_markdown(flat, None, {"weights": "w"})
+    steering["conditions"].append({"kind": "suppress_object", "window": [0.0, 1.0], "beta": -8.0, "rows": "both",
+                                   "n": 8, "success": 0.25, "kept": 1.0, "rmse": 0.1, "ssim": 0.9,
+                                   "normalisation": "mean"})
+    md = tables_markdown(rows, steering, {"weights": "w"})
+    assert "| 25 % (8) | +25 points |" in md and "gone in at best 25 % of images against 0 % unsteered, +25 points" in md
 
 
 def test_block_sensitivity_edit_has_the_asked_size_and_is_repeatable():
@@ -123,8 +135,13 @@ def test_paper_pipeline_end_to_end_on_a_small_toy_model(comfy, tmp_path):
     assert len(summary["composition"]) == 18   # 3 blocks x 3 t x cond/uncond
     from PIL import Image
     with Image.open(tmp_path / "paper" / "spatial_steering.png") as fig:   # 2 tasks x (unsteered + 3 windows)
-        assert fig.size == (190 + 2 * (96 + 6), 58 + 4 * (96 + 6))
-    assert "The paper on the Toy World" in (tmp_path / "paper" / "report" / "index.html").read_text()
+        assert fig.size[1] == 58 + 4 * (96 + 6) and fig.size[0] >= 190 + 2 * (96 + 6)   # wide enough for its title
+        assert fig.getpixel((fig.size[0] - 2, 12)) == (255, 255, 255)                  # the title is not cut off
+    page = (tmp_path / "paper" / "report" / "index.html").read_text()
+    assert "The paper on the Toy World" in page and "What the tables say" in md and summary["reading"]
+    shown = set(re.findall(r"<img src='([^']+)' alt='[^']+'", page))
+    strips = {p.name for p in (tmp_path / "paper" / "report").glob("*.png") if p.name.startswith(("spatial", "style_", "suppress_"))}
+    assert strips and strips <= shown                                                      # every strip, captioned
     again = run_paper(cfg, progress=False)      # resumes: nothing is redone, same numbers
     assert json.dumps(again["composition"]) == json.dumps(summary["composition"])
     sens = tmp_path / "paper" / "sensitivity.json"   # a folder from before table (e) had its stream rows

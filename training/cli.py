@@ -4,31 +4,34 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 from ..sae_core.errors import ConfigError
 
 
 def cmd_demo(a) -> int:
-    from .demo.demo import format_truth, run_demo
-    from .evaluate.evaluate import format_table
+    from .demo.demo import DEAD_NOTE, format_truth, run_demo
+    from .evaluate.evaluate import METRICS_LEGEND, format_table
     if a.epochs <= 0:
         raise ConfigError(f"--epochs must be positive, got {a.epochs}")
     if a.world == "toy":
         from .demo.toy_demo import run_toy_demo, toy_world_unavailable
         reason = toy_world_unavailable()
         if reason is None:
-            summary = run_toy_demo(Path(a.out), progress=not a.quiet)
-            print(Path(summary["tables"]).read_text())
-            print(f"report: {summary['report']}")
+            from .toyworld.paper.run import print_paper_summary
+            print_paper_summary(run_toy_demo(Path(a.out), progress=not a.quiet))
             return 0
         print(f"Toy World unavailable: {reason}; running the synthetic world instead")
         a.world = "synthetic"
     summary = run_demo(Path(a.out), epochs=a.epochs, comfyui=a.comfyui, progress=not a.quiet,
                        keep_activations=a.keep_activations, world=a.world)
     print("SYNTHETIC DEMO: planted concepts laid out in space, not a diffusion model (see README)")
-    print(format_table(summary["metrics"]))
-    print(format_truth(summary["truth"]))
+    order = lambda r: (r["block"], -(r["t"] if r["t"] is not None else -1), r["cond"])   # noqa: E731 - t from 1 to 0
+    print(format_table(sorted(summary["metrics"], key=order)))
+    print(textwrap.fill(METRICS_LEGEND, 100))
+    print(textwrap.fill(DEAD_NOTE, 100))
+    print(format_truth(sorted(summary["truth"], key=order)))
     smoke = summary["comfyui_smoke"]
     if smoke and "vectors" in smoke:
         print(f"ComfyUI collection smoke run: {smoke['vectors']}")
@@ -121,9 +124,10 @@ def cmd_segment(a) -> int:
 def cmd_evaluate(a) -> int:
     from .dataclass_cli import dataclass_from_args
     import json
-    from .evaluate.evaluate import EvaluateConfig, evaluate, format_masks, format_table
+    from .evaluate.evaluate import METRICS_LEGEND, EvaluateConfig, evaluate, format_masks, format_table
     cfg = dataclass_from_args(EvaluateConfig, a)
     print(format_table(evaluate(cfg)))
+    print(textwrap.fill(METRICS_LEGEND, 100))
     masks = json.loads(Path(cfg.out).read_text()).get("masks")
     if masks:
         print(format_masks(masks))

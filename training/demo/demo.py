@@ -86,6 +86,9 @@ def truth_checks(sae_path: Path, dictionary: ConceptDictionary) -> list[dict]:
 # The worlds the demo can run on. "synthetic": planted concepts laid out in space (this module).
 WORLDS = ("synthetic", "toy")   # "toy": the Toy World model (training/demo/toy_demo.py)
 DEFAULT_EPOCHS = 3   # every planted concept is recovered after 2 (measured); 3 leaves a margin
+EXPANSION = 2        # SAE features per activation channel
+DEAD_NOTE = (f"dead is high here by design: {len(LABELS)} planted concepts per (block, t, cond) for "
+             f"{EXPANSION * D} SAE features, so most features have nothing to learn.")
 
 
 def run_demo(out: Path, n_train: int = 200, epochs: int = DEFAULT_EPOCHS, comfyui: str = "auto",
@@ -110,7 +113,7 @@ def _run_demo(out: Path, n_train: int, epochs: int, comfyui: str, progress: bool
     write_split(data, "train", n_train, 0, seed=1, with_pictures=False)
     # One planted concept per position, so k = 1 (k above the true sparsity splits concepts). The
     # run folder lives outside the train split, so removing the split keeps the finished run.
-    train_saes(TrainCommandConfig(shards=str(data / "train"), out=str(sae_path), expansion_factor=2, k=1,
+    train_saes(TrainCommandConfig(shards=str(data / "train"), out=str(sae_path), expansion_factor=EXPANSION, k=1,
                                   batch_size=1024, shuffle_window=1 << 16, epochs=epochs,
                                   run_dir=str(out / "train_run")),
                TrainConfig(lr=3e-3, dead_after=50_000, k_aux=32, checkpoint_every=100, log_every=20),

@@ -245,6 +245,12 @@ def format_masks(masks: dict) -> str:
             f"{masks['folder']}; objects scored per label (all SAEs): {per}")
 
 
+METRICS_LEGEND = ("FVU: variance the SAE leaves unexplained; L0: active features per position; dead: share of "
+                  "features never active on this split; cohes.: cosine of a concept's label embeddings to their "
+                  "centre (up is better); inter: cosine between concepts' centres (down is better); IoU: concept map against the object masks; IoU all: the same for a map of the whole "
+                  "image (what a map that localises nothing scores).")
+
+
 def format_table(rows: list[dict]) -> str:
     def cell(r, key, width, fmt):
         v = r.get(key)

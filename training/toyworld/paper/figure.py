@@ -51,10 +51,11 @@ def spatial_figure(out: Path, beta: float, rows: str = "both", columns: int = 6,
                      [np.asarray(Image.fromarray(i).resize((CELL, CELL), Image.NEAREST)) for i in imgs]))
     font = default_font(13)
     left, top, pad = 190, 58, 6
-    sheet = Image.new("RGB", (left + len(tasks) * (CELL + pad), top + len(grid) * (CELL + pad)), "white")
+    title = title or f"Spatial steering: put an object not in the prompt into a quadrant ({rows} CFG rows)"
+    width = max(left + len(tasks) * (CELL + pad), 12 + round(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title, font=font)))
+    sheet = Image.new("RGB", (width, top + len(grid) * (CELL + pad)), "white")   # as wide as the title needs
     draw = ImageDraw.Draw(sheet)
-    draw.text((6, 6), title or f"Spatial steering: put an object not in the prompt into a quadrant ({rows} CFG rows)",
-              fill="black", font=font)
+    draw.text((6, 6), title, fill="black", font=font)
     for c, t in enumerate(tasks):
         draw.text((left + c * (CELL + pad), 26), f"+ {t['concept']}\n{t['quadrant']}", fill="black", font=font)
     for r, (label, imgs) in enumerate(grid):

@@ -14,7 +14,7 @@ from .config import ToyPaperConfig, check_resume, weights_digest
 from .figure import spatial_figure
 from .sensitivity import run_sensitivity
 from .steering import run_steering
-from .tables import add_to_report, tables_markdown
+from .tables import add_to_report, reading_lines, tables_markdown, window_of
 
 
 # -- the command ------------------------------------------------------------------------------
@@ -56,20 +56,37 @@ def run_paper(cfg: ToyPaperConfig, progress: bool = True) -> dict:
                                                  f"put an object not in the prompt into a quadrant (both CFG rows)")
         if figure is not None:
             shutil.copy(figure, out / "report" / figure.name)
-            pics.append(figure.name)
+            pics.append((figure.name, "The unsteered images, then the same seeds steered in each window: one "
+                                      "column per task (the object asked for, and the quadrant)."))
         for c in steering["conditions"]:
             src = out / "steering" / f"{c['name']}.png"
             if src.exists():
                 shutil.copy(src, out / "report" / src.name)
-                pics.append(src.name)
-    add_to_report(index, md, pics[:12])
+                pics.append((src.name, condition_caption(c)))
+    add_to_report(index, md, pics)
     summary = {"tables": str(out / "paper_tables.md"), "report": str(index), "composition": rows,
                "steering": None if steering is None else [{k: v for k, v in c.items() if k != "images"}
                                                           for c in steering["conditions"]],
                "sensitivity": sensitivity,
-               "unsteered_success": None if steering is None else steering["unsteered_success"]}
+               "unsteered_success": None if steering is None else steering["unsteered_success"],
+               "reading": reading_lines(rows, steering, sensitivity)}
     write_text_atomic(out / "paper_summary.json", json.dumps(summary, indent=1))
     return summary
+
+
+def condition_caption(c: dict) -> str:
+    """A steering strip's caption: what was steered, where, how hard (the images in task order)."""
+    window = f"{window_of(c['window'])} window {c['window'][0]:g}-{c['window'][1]:g}"
+    if c["kind"] == "spatial":
+        what = f"Spatial steering, {window}, beta {c['beta']:g}, {c['rows']} CFG rows"
+    elif c["kind"] == "style":
+        what = f"Style steering, {window}, {c['normalisation']} normalisation, beta {c['beta']:g}"
+    else:
+        target = c["kind"].split("_")[1]
+        how = "removing the concept's contribution" if c["normalisation"] == "remove" else f"beta {c['beta']:g} ({c['normalisation']})"
+        what = f"Suppressing the prompted {target}, whole trajectory, {how}"
+    success = "" if c.get("success") is None else f"; success {100 * c['success']:.0f} % of {c['n']}"
+    return what + success
 
 
 def cmd_paper(a) -> int:
@@ -77,10 +94,18 @@ def cmd_paper(a) -> int:
     from ...dataclass_cli import dataclass_from_args
     import_comfy(cpu=True)
     cfg = dataclass_from_args(ToyPaperConfig, a)
-    summary = run_paper(cfg, progress=not a.quiet)
-    print(Path(summary["tables"]).read_text())
-    print(f"report: {summary['report']}")
+    print_paper_summary(run_paper(cfg, progress=not a.quiet))
     return 0
+
+
+def print_paper_summary(summary: dict) -> None:
+    """The tables, then their reading again (the last thing on the screen) and the report."""
+    print(Path(summary["tables"]).read_text())
+    if summary.get("reading"):
+        print("In short:\n" + "\n".join(summary["reading"]))
+        print("What these mean for the shipped Toy World model: README, 'The paper on the Toy World'; "
+              "its limits: host/toyworld/MODEL_CARD.md.")
+    print(f"report: {summary['report']}")
 
 
 def register_paper(tsub) -> None:

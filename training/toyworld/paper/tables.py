@@ -42,10 +42,69 @@ def sensitivity_markdown(rows: list[dict]) -> list[str]:
     return lines
 
 
+# A concept map "localises" when its IoU beats the whole-image map by more than this: a few dozen
+# images put about this much noise on an IoU (the demo's 16 eval images, the paper run's 64).
+LOCALISES_MARGIN = 0.05
+
+
+def _best(conds: list[dict]) -> dict | None:
+    done = [c for c in conds if c.get("success") is not None]
+    return max(done, key=lambda c: c["success"]) if done else None
+
+
+def reading_lines(metrics_rows: list[dict], steering: dict | None, sensitivity: list[dict] | None) -> list[str]:
+    """What the tables say, in a few lines computed from them (printed last, so a reader of the
+    CLI's output sees the verdicts without reading every table)."""
+    lines = []
+    iou = [r for r in metrics_rows if r.get("composition_iou") is not None]
+    if iou:
+        b = max(iou, key=lambda r: r["composition_iou"])
+        every = b.get("composition_iou_everywhere")
+        localises = every is not None and b["composition_iou"] > every + LOCALISES_MARGIN
+        lines.append(f"- Composition (a): best concept-map IoU {b['composition_iou']:.2f} ({b['block']}, t = {b['t']:g}, "
+                     f"{b['cond']}) against {num(every)} for a map of the whole image: the maps "
+                     f"{'localise the objects' if localises else 'do not localise the objects'} (paper: "
+                     f"{PAPER['composition_mid_t1']:.2f} at the mid block at t = 1).")
+    if steering:
+        base = steering["unsteered_success"]
+        conds = steering["conditions"]
+        for kind, what, paper in (("spatial", "Spatial steering (b): the asked object in the asked quadrant", "spatial"),
+                                  ("style", "Style steering (c): the asked background style", "style")):
+            c = _best([c for c in conds if c["kind"] == kind])
+            if c is None:
+                continue
+            best_paper = max(PAPER[paper].values())
+            where = window_of(c["window"]) + (f", {c['normalisation']}" if kind == "style" else f", {c['rows']} rows")
+            lines.append(f"- {what} in at best {pct(c['success'])} of images ({where}, beta {c['beta']:g}; "
+                         f"unsteered {pct(base.get(kind))}; paper: up to {pct(best_paper)}).")
+        for kind, what in (("suppress_object", "the prompted object gone"), ("suppress_style", "the prompted style gone")):
+            c = _best([c for c in conds if c["kind"] == kind])
+            if c is None or base.get(kind) is None:
+                continue
+            change = 100 * (c["success"] - base[kind])
+            lines.append(f"- Suppression (d): {what} in at best {pct(c['success'])} of images against "
+                         f"{pct(base[kind])} unsteered, {change:+.0f} points.")
+    if sensitivity:
+        r4 = [r for r in sensitivity if r.get("edit", "delta") == "delta" and r["ratio"] == max(x["ratio"] for x in sensitivity)]
+        steered = {b for c in (steering or {}).get("conditions", []) for bs in c.get("blocks", {}).values() for b in bs}
+        if r4:
+            parts = ", ".join(f"{r['block']} ({r['resolution']}) {num(r['rmse'], '.3f')}" for r in r4)
+            at = [r for r in r4 if r["block"] in steered]
+            most = max(at, key=lambda r: r["rmse"]) if at else None
+            said = (f" The steered blocks move it by at most {num(most['rmse'], '.3f')} ({most['block']}); an image "
+                    f"that hardly depends on a block cannot be steered there.") if most else ""
+            lines.append(f"- Block sensitivity (e), RMSE of the image (0-1) after a random edit of {r4[0]['ratio']:g} x "
+                         f"Delta: {parts}.{said}")
+    return lines
+
+
 def tables_markdown(metrics_rows: list[dict], steering: dict | None, meta: dict, edit_size: list[dict] | None = None,
                     sensitivity: list[dict] | None = None) -> str:
     lines = [f"Toy World model: {meta.get('weights')} (step {meta.get('step')}); {meta.get('images')}; "
              f"DDIM {meta.get('steps')} steps, CFG {meta.get('cfg')}. Measured on a shared 2-core CPU.", ""]
+    reading = reading_lines(metrics_rows, steering, sensitivity)
+    if reading:
+        lines += ["### What the tables say", "", *reading, ""]
     lines += ["### (a) Composition emergence: concept-map IoU with the final image's objects",
               "", "IoU (ours) is the paper's method (top concept per position, cosine of its label embedding with the "
               "object's word vector > 0.5); 'label' predicts only where the top concept's own labels hold the object's "
@@ -98,11 +157,13 @@ def tables_markdown(metrics_rows: list[dict], steering: dict | None, meta: dict,
               f"object {pct(base.get('suppress_object'))}, style {pct(base.get('suppress_style'))}); kept = the "
               "other prompted object is still found.", *none_labelled("suppress_object"),
               *none_labelled("suppress_style"), "",
-              "| target | method | beta | success | kept | RMSE | SSIM |", "|---|---|---|---|---|---|---|"]
+              "| target | method | beta | success | change vs unsteered | kept | RMSE | SSIM |", "|---|---|---|---|---|---|---|---|"]
     for c in [c for c in conds if c["kind"].startswith("suppress")]:
         method = ("remove the concept's own contribution (SpatialConceptSteer, empty region)" if c["normalisation"] == "remove"
                   else f"negative GlobalStyleSteer ({c['normalisation']})")
-        lines.append(f"| {c['kind'].split('_')[1]} | {method} | {c['beta']:g} | {pct(c['success'])} ({c['n']}) | "
+        unsteered = base.get(c["kind"])
+        change = "–" if c["success"] is None or unsteered is None else f"{100 * (c['success'] - unsteered):+.0f} points"
+        lines.append(f"| {c['kind'].split('_')[1]} | {method} | {c['beta']:g} | {pct(c['success'])} ({c['n']}) | {change} | "
                      f"{pct(c.get('kept'))} | {num(c['rmse'], '.3f')} | {num(c['ssim'])} |")
     if sensitivity:
         lines += sensitivity_markdown(sensitivity)
@@ -110,11 +171,14 @@ def tables_markdown(metrics_rows: list[dict], steering: dict | None, meta: dict,
 
 
 def markdown_to_html(md: str) -> str:
-    """The tables above as HTML (pipes -> table rows), headings and paragraphs kept."""
+    """The tables above as HTML (pipes -> table rows, "- " lines -> a list), headings and paragraphs kept."""
     import html
-    out, in_table = [], False
+    out, in_table, in_list = [], False, False
     for line in md.splitlines():
         if line.startswith("|"):
+            if in_list:
+                out.append("</ul>")
+                in_list = False
             cells = [c.strip() for c in line.strip("|").split("|")]
             if set("".join(cells)) <= set("-"):
                 continue
@@ -127,18 +191,32 @@ def markdown_to_html(md: str) -> str:
         if in_table:
             out.append("</table>")
             in_table = False
+        if line.startswith("- "):
+            if not in_list:
+                out.append("<ul>")
+                in_list = True
+            out.append(f"<li>{html.escape(line[2:])}</li>")
+            continue
+        if in_list:
+            out.append("</ul>")
+            in_list = False
         if line.startswith("### "):
             out.append(f"<h3>{html.escape(line[4:])}</h3>")
         elif line.strip():
             out.append(f"<p>{html.escape(line)}</p>")
     if in_table:
         out.append("</table>")
+    if in_list:
+        out.append("</ul>")
     return "\n".join(out)
 
 
-def add_to_report(index_html: Path, md: str, pictures: list[str]) -> None:
+def add_to_report(index_html: Path, md: str, pictures: list[tuple[str, str]]) -> None:
+    """Append the tables and the pictures ((file name, caption) pairs) to the report's page."""
+    import html
     text = index_html.read_text()
-    imgs = "".join(f"<figure><img src='{p}' style='image-rendering:pixelated;max-width:100%'><figcaption>{p}</figcaption></figure>"
-                   for p in pictures)
+    imgs = "".join(f"<figure><img src='{html.escape(p)}' alt='{html.escape(caption)}' "
+                   f"style='image-rendering:pixelated;max-width:100%'><figcaption>{html.escape(caption)}</figcaption></figure>"
+                   for p, caption in pictures)
     section = "<h2>The paper on the Toy World</h2>" + markdown_to_html(md) + imgs
     write_text_atomic(index_html, text.replace("</body>", section + "</body>") if "</body>" in text else text + section)
