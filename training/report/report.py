@@ -343,22 +343,28 @@ def _fmt(v) -> str:
     if v is None:
         return "–"
     if isinstance(v, float):
-        return "–" if math.isnan(v) else f"{v:.3f}"
+        return "–" if math.isnan(v) else f"{v:.0f}" if v.is_integer() else f"{v:.3f}"   # a count reads as one
     return html.escape(str(v))
+
+
+def _fmt_t(t) -> str:
+    """A timestep as everywhere else in the report and the CLI: 1, 0.5, 0."""
+    return "–" if t is None else f"{t:g}"
 
 
 def render_html(rows, plots, constant, sections, note, truth, smoke, notes=()) -> str:
     bounds = {k: b for k, _, b in METRICS}
     cols = ["block", "t", "cond", "vectors"] + [k for k, _, _ in METRICS]
-    table = "<tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>" + "".join(
-        "<tr>" + "".join(f"<td>{_fmt(metric_value(r, c, bounds[c]) if c in bounds else r.get(c))}</td>"
+    titles = {k: t for k, t, _ in METRICS}
+    table = "<tr>" + "".join(f"<th>{html.escape(titles.get(c, c))}</th>" for c in cols) + "</tr>" + "".join(
+        "<tr>" + "".join(f"<td>{_fmt_t(r.get(c)) if c == 't' else _fmt(metric_value(r, c, bounds[c]) if c in bounds else r.get(c))}</td>"
                          for c in cols) + "</tr>" for r in rows)
     same = f"<p>Same for every SAE, so not plotted: {html.escape('; '.join(constant))}.</p>" if constant else ""
     truth_html = ""
     if truth:
         truth_html = "<h2>Truth checks (synthetic data)</h2><table><tr><th>block</th><th>t</th><th>cond</th>" \
                      "<th>planted concepts recovered</th><th>dictionary labels right</th></tr>" + "".join(
-            f"<tr><td>{r['block']}</td><td>{r['t']}</td><td>{r['cond']}</td><td>{r['recovered']:.0%}</td>"
+            f"<tr><td>{r['block']}</td><td>{_fmt_t(r['t'])}</td><td>{r['cond']}</td><td>{r['recovered']:.0%}</td>"
             f"<td>{r['labels_right']:.0%}</td></tr>" for r in truth) + "</table>"
     smoke_html = ""
     if smoke and "skipped" in smoke:
@@ -374,7 +380,8 @@ def render_html(rows, plots, constant, sections, note, truth, smoke, notes=()) -
         search = html.escape(" ".join(c["labels"]).lower())
         shown = html.escape(", ".join(f"{lab} ({c['counts'][lab]})" if lab in c["counts"] else lab
                                       for lab in c["labels"][:6]))
-        imgs = "".join(f"<img src='{f}' loading='lazy'>" for f in c["files"])
+        alt = html.escape(f"{c.get('kind', 'concept')} {c['cid']}, {k}: where it fires")
+        imgs = "".join(f"<img src='{f}' alt='{alt}' loading='lazy'>" for f in c["files"])
         return (f"<div class='card' data-key='{html.escape(k)}' data-labels='{search}'><b>{c.get('kind', 'concept')} "
                 f"{c['cid']}</b> "
                 f"<span class='key'>{html.escape(k)}</span><br><span class='labels'>{shown}</span><br>{imgs}</div>")
@@ -387,7 +394,7 @@ td,th{{border:1px solid #ccc;padding:3px 6px}} .note{{background:#fff3cd;padding
 .card img{{margin:2px;border:1px solid #ddd}} .key{{color:#777}} .labels{{color:#164}}</style></head><body>
 <h1>SAE Concepts report</h1>{f'<p class="note">{html.escape(note)}</p>' if note else ''}
 <h2>Metrics per (block, t, cond)</h2><table>{table}</table>
-<h2>Plots</h2>{''.join(f'<img src="{p}">' for p in plots)}{same}
+<h2>Plots</h2>{''.join(f'<img src="{p}" alt="{html.escape(Path(p).stem.replace("plot_", "").replace("_", " "))} by t">' for p in plots)}{same}
 {truth_html}{smoke_html}
 <h2>Concepts</h2>{notes_html}<p>Search by word: <input id="q" placeholder="e.g. dog"> SAE: <select id="k"><option value="">all</option>{options}</select>
 <span id="n"></span></p><div id="cards">{cards}</div>
