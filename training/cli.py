@@ -10,6 +10,11 @@ from pathlib import Path
 from ..sae_core.errors import ConfigError
 
 
+def block_then_t_down(row: dict) -> tuple:
+    """Table order: by block, then t from 1 (first step) to 0, then cond before uncond."""
+    return row["block"], -(row["t"] if row["t"] is not None else -1), row["cond"]
+
+
 def cmd_demo(a) -> int:
     from .demo.demo import DEAD_NOTE, format_truth, run_demo
     from .evaluate.evaluate import METRICS_LEGEND, format_table
@@ -27,11 +32,10 @@ def cmd_demo(a) -> int:
     summary = run_demo(Path(a.out), epochs=a.epochs, comfyui=a.comfyui, progress=not a.quiet,
                        keep_activations=a.keep_activations, world=a.world)
     print("SYNTHETIC DEMO: planted concepts laid out in space, not a diffusion model (see README)")
-    order = lambda r: (r["block"], -(r["t"] if r["t"] is not None else -1), r["cond"])   # noqa: E731 - t from 1 to 0
-    print(format_table(sorted(summary["metrics"], key=order)))
+    print(format_table(sorted(summary["metrics"], key=block_then_t_down)))
     print(textwrap.fill(METRICS_LEGEND, 100))
     print(textwrap.fill(DEAD_NOTE, 100))
-    print(format_truth(sorted(summary["truth"], key=order)))
+    print(format_truth(sorted(summary["truth"], key=block_then_t_down)))
     smoke = summary["comfyui_smoke"]
     if smoke and "vectors" in smoke:
         print(f"ComfyUI collection smoke run: {smoke['vectors']}")

@@ -173,5 +173,5 @@ def comfyui_smoke_run(out: Path, mode: str, progress: bool) -> dict | None:
 def format_truth(truth: list[dict]) -> str:
     lines = [f"{'block':<18} {'t':>4} {'cond':<6} {'recovered':>9} {'labels right':>12}"]
     for r in truth:
-        lines.append(f"{r['block']:<18} {r['t']:>4.1f} {r['cond']:<6} {r['recovered']:>9.0%} {r['labels_right']:>12.0%}")
+        lines.append(f"{r['block']:<18} {r['t']:>4g} {r['cond']:<6} {r['recovered']:>9.0%} {r['labels_right']:>12.0%}")
     return "\n".join(lines)

@@ -247,8 +247,9 @@ def format_masks(masks: dict) -> str:
 
 METRICS_LEGEND = ("FVU: variance the SAE leaves unexplained; L0: active features per position; dead: share of "
                   "features never active on this split; cohes.: cosine of a concept's label embeddings to their "
-                  "centre (up is better); inter: cosine between concepts' centres (down is better); IoU: concept map against the object masks; IoU all: the same for a map of the whole "
-                  "image (what a map that localises nothing scores).")
+                  "centre (up is better); inter: cosine between concepts' centres (down is better); IoU: "
+                  "concept map against the object masks; IoU all: the same for a map of the whole image (what a "
+                  "map that localises nothing scores).")
 
 
 def format_table(rows: list[dict]) -> str:
@@ -260,7 +261,7 @@ def format_table(rows: list[dict]) -> str:
             f"{'IoU all':>7}")
     lines = [head]
     for r in rows:
-        lines.append(f"{r['block']:<18} {r['t'] if r['t'] is not None else -1:>4.1f} {r['cond']:<6} "
+        lines.append(f"{r['block']:<18} {format(r['t'], 'g') if r['t'] is not None else '-':>4} {r['cond']:<6} "
                      f"{cell(r, 'fvu', 6, '.3f')} {cell(r, 'l0', 5, '.1f')} {cell(r, 'dead_fraction', 5, '.2f')} "
                      f"{cell(r, 'cohesion', 7, '.3f')} {cell(r, 'inter_concept_similarity', 6, '.3f')} "
                      f"{cell(r, 'composition_iou', 5, '.2f')} {cell(r, 'composition_iou_everywhere', 7, '.2f')}")

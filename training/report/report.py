@@ -343,7 +343,7 @@ def _fmt(v) -> str:
     if v is None:
         return "–"
     if isinstance(v, float):
-        return "–" if math.isnan(v) else f"{v:.0f}" if v.is_integer() else f"{v:.3f}"   # a count reads as one
+        return "–" if math.isnan(v) else f"{v:.3f}"
     return html.escape(str(v))
 
 
@@ -352,12 +352,22 @@ def _fmt_t(t) -> str:
     return "–" if t is None else f"{t:g}"
 
 
+COUNTS = ("vectors", "labelled_concepts")   # shown as whole numbers; every other metric with 3 decimals
+
+
+def _fmt_cell(row: dict, col: str, bounds: dict) -> str:
+    if col == "t":
+        return _fmt_t(row.get("t"))
+    v = metric_value(row, col, bounds[col]) if col in bounds else row.get(col)
+    return f"{v:.0f}" if col in COUNTS and isinstance(v, (int, float)) else _fmt(v)
+
+
 def render_html(rows, plots, constant, sections, note, truth, smoke, notes=()) -> str:
     bounds = {k: b for k, _, b in METRICS}
     cols = ["block", "t", "cond", "vectors"] + [k for k, _, _ in METRICS]
     titles = {k: t for k, t, _ in METRICS}
     table = "<tr>" + "".join(f"<th>{html.escape(titles.get(c, c))}</th>" for c in cols) + "</tr>" + "".join(
-        "<tr>" + "".join(f"<td>{_fmt_t(r.get(c)) if c == 't' else _fmt(metric_value(r, c, bounds[c]) if c in bounds else r.get(c))}</td>"
+        "<tr>" + "".join(f"<td>{_fmt_cell(r, c, bounds)}</td>"
                          for c in cols) + "</tr>" for r in rows)
     same = f"<p>Same for every SAE, so not plotted: {html.escape('; '.join(constant))}.</p>" if constant else ""
     truth_html = ""
