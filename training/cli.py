@@ -10,14 +10,9 @@ from pathlib import Path
 from ..sae_core.errors import ConfigError
 
 
-def block_then_t_down(row: dict) -> tuple:
-    """Table order: by block, then t from 1 (first step) to 0, then cond before uncond."""
-    return row["block"], -(row["t"] if row["t"] is not None else -1), row["cond"]
-
-
 def cmd_demo(a) -> int:
     from .demo.demo import DEAD_NOTE, format_truth, run_demo
-    from .evaluate.evaluate import METRICS_LEGEND, format_table
+    from .evaluate.evaluate import METRICS_LEGEND, block_then_t_down, format_table
     if a.epochs <= 0:
         raise ConfigError(f"--epochs must be positive, got {a.epochs}")
     if a.world == "toy":

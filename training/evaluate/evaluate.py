@@ -245,6 +245,11 @@ def format_masks(masks: dict) -> str:
             f"{masks['folder']}; objects scored per label (all SAEs): {per}")
 
 
+def block_then_t_down(row: dict) -> tuple:
+    """Table order: by block, then t from 1 (first step) to 0, then cond before uncond."""
+    return row["block"], -(row["t"] if row["t"] is not None else -1), row["cond"]
+
+
 METRICS_LEGEND = ("FVU: variance the SAE leaves unexplained; L0: active features per position; dead: share of "
                   "features never active on this split; cohes.: cosine of a concept's label embeddings to their "
                   "centre (up is better); inter: cosine between concepts' centres (down is better); IoU: "

@@ -52,7 +52,7 @@ def spatial_figure(out: Path, beta: float, rows: str = "both", columns: int = 6,
     font = default_font(13)
     left, top, pad = 190, 58, 6
     title = title or f"Spatial steering: put an object not in the prompt into a quadrant ({rows} CFG rows)"
-    width = max(left + len(tasks) * (CELL + pad), 12 + round(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title, font=font)))
+    width = max(left + len(tasks) * (CELL + pad), 12 + round(font.getlength(title)))
     sheet = Image.new("RGB", (width, top + len(grid) * (CELL + pad)), "white")   # as wide as the title needs
     draw = ImageDraw.Draw(sheet)
     draw.text((6, 6), title, fill="black", font=font)

@@ -14,7 +14,7 @@ from .config import ToyPaperConfig, check_resume, weights_digest
 from .figure import spatial_figure
 from .sensitivity import run_sensitivity
 from .steering import run_steering
-from .tables import add_to_report, reading_lines, tables_markdown, window_of
+from .tables import add_to_report, condition_caption, reading_lines, tables_markdown
 
 
 # -- the command ------------------------------------------------------------------------------
@@ -72,21 +72,6 @@ def run_paper(cfg: ToyPaperConfig, progress: bool = True) -> dict:
                "reading": reading_lines(rows, steering, sensitivity)}
     write_text_atomic(out / "paper_summary.json", json.dumps(summary, indent=1))
     return summary
-
-
-def condition_caption(c: dict) -> str:
-    """A steering strip's caption: what was steered, where, how hard (the images in task order)."""
-    window = f"{window_of(c['window'])} window {c['window'][0]:g}-{c['window'][1]:g}"
-    if c["kind"] == "spatial":
-        what = f"Spatial steering, {window}, beta {c['beta']:g}, {c['rows']} CFG rows"
-    elif c["kind"] == "style":
-        what = f"Style steering, {window}, {c['normalisation']} normalisation, beta {c['beta']:g}"
-    else:
-        target = c["kind"].split("_")[1]
-        how = "removing the concept's contribution" if c["normalisation"] == "remove" else f"beta {c['beta']:g} ({c['normalisation']})"
-        what = f"Suppressing the prompted {target}, whole trajectory, {how}"
-    success = "" if c.get("success") is None else f"; success {100 * c['success']:.0f} % of {c['n']}"
-    return what + success
 
 
 def cmd_paper(a) -> int:

@@ -7,6 +7,7 @@ from pathlib import Path
 from ....sae_core.atomic import write_text_atomic
 
 
+from ...evaluate.evaluate import block_then_t_down
 from .config import PAPER, WINDOWS
 
 
@@ -50,6 +51,25 @@ LOCALISES_MARGIN = 0.05
 HARDLY = 0.1
 
 
+def suppression_how(c: dict) -> str:
+    """How a suppression condition steered, in the reading and the strip captions."""
+    return "removing the concept's contribution" if c["normalisation"] == "remove" else \
+        f"beta {c['beta']:g}, {c['normalisation']} normalisation"
+
+
+def condition_caption(c: dict) -> str:
+    """A steering strip's caption: what was steered, where, how hard (the images in task order)."""
+    window = f"{window_of(c['window'])} window {c['window'][0]:g}-{c['window'][1]:g}"
+    if c["kind"] == "spatial":
+        what = f"Spatial steering, {window}, beta {c['beta']:g}, {c['rows']} CFG rows"
+    elif c["kind"] == "style":
+        what = f"Style steering, {window}, {c['normalisation']} normalisation, beta {c['beta']:g}"
+    else:
+        what = f"Suppressing the prompted {c['kind'].split('_')[1]}, whole trajectory, {suppression_how(c)}"
+    success = "" if c.get("success") is None else f"; success {100 * c['success']:.0f} % of {c['n']}"
+    return what + success
+
+
 def _best(conds: list[dict]) -> dict | None:
     done = [c for c in conds if c.get("success") is not None]
     return max(done, key=lambda c: c["success"]) if done else None
@@ -88,8 +108,7 @@ def _steering_lines(steering: dict) -> list[str]:
         c = _best([c for c in conds if c["kind"] == kind])
         if c is None or base.get(kind) is None:
             continue
-        how = "removing the concept's contribution" if c["normalisation"] == "remove" else \
-            f"beta {c['beta']:g}, {c['normalisation']} normalisation"
+        how = suppression_how(c)
         lines.append(f"- Suppression (d): {what} in at best {pct(c['success'])} of images against {pct(base[kind])} "
                      f"unsteered ({100 * (c['success'] - base[kind]):+.0f} points; {how}), {kept} kept in "
                      f"{pct(c.get('kept'))}.")
@@ -137,7 +156,7 @@ def tables_markdown(metrics_rows: list[dict], steering: dict | None, meta: dict,
               "", "| block | t | cond | IoU (ours) | label | everywhere | predicted | objects | cohesion | "
                   "inter-concept sim. | FVU | paper |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(metrics_rows, key=lambda r: (r["block"], -r["t"] if r["t"] is not None else 0, r["cond"])):
+    for r in sorted(metrics_rows, key=block_then_t_down):
         paper = "0.26 (mid, t=1; saturating by t=0.5)" if r["block"] == "middle_block.1" and r["t"] == 1.0 and r["cond"] == "cond" else ""
         lines.append(f"| {r['block']} | {r['t']:g} | {r['cond']} | {num(r.get('composition_iou'))} | "
                      f"{num(r.get('composition_iou_label'))} | {num(r.get('composition_iou_everywhere'))} | "
