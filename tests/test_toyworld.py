@@ -176,6 +176,30 @@ def test_training_is_deterministic_and_resumes_exactly(comfy, tmp_path):
     assert not torch.equal(fresh.state_tensors()["model.diffusion_model.out.2.bias"], a["model.diffusion_model.out.2.bias"])
 
 
+def test_batch_workers_train_exactly_as_the_loop_does(comfy, tmp_path):
+    """Batches drawn ahead by worker processes (the GPU set-up) are the loop's own batches: a run
+    with 2 workers, killed and resumed, ends bit for bit where an inline run ends."""
+    from sae_concepts.training.toyworld.train import train
+    inline = train(_tiny_train_cfg(tmp_path / "a"), progress=False)
+    train(_tiny_train_cfg(tmp_path / "b", workers=2), progress=False, stop_after=3)
+    ahead = train(_tiny_train_cfg(tmp_path / "b", workers=2), progress=False)
+    a, b = inline.state_tensors(), ahead.state_tensors()
+    assert ahead.step == 4 and a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_a_device_that_is_not_here_is_a_clear_error(tmp_path):
+    from sae_concepts.sae_core.errors import ConfigError
+    from sae_concepts.training.toyworld.train import training_device
+    assert training_device("cpu").type == "cpu"
+    with pytest.raises(ConfigError, match="not a torch device"):
+        training_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="--device cuda: CUDA is not available here"):
+            training_device("cuda")
+
+
 def test_resume_with_other_settings_is_an_error(comfy, tmp_path):
     from sae_concepts.training.toyworld.train import train
     train(_tiny_train_cfg(tmp_path), progress=False, stop_after=2)

@@ -7,9 +7,9 @@ from pathlib import Path
 def cmd_train(a) -> int:
     from ...host.comfy_env import import_comfy
     from ..dataclass_cli import dataclass_from_args
-    from .train import CHECKPOINT, ToyTrainConfig, export_weights, train
-    import_comfy(cpu=True)
+    from .train import CHECKPOINT, ToyTrainConfig, export_weights, train, training_device
     cfg = dataclass_from_args(ToyTrainConfig, a)
+    import_comfy(cpu=training_device(cfg.device).type == "cpu")   # checked before ComfyUI looks for a GPU
     trainer = train(cfg, progress=not a.quiet, stop_at=a.stop_at or None)
     weights = export_weights(Path(cfg.out) / CHECKPOINT, Path(a.weights or Path(cfg.out) / "toyworld.safetensors"))
     print(f"toyworld: {trainer.step} steps, {trainer.seconds / 60:.1f} min of training; weights: {weights}")

@@ -4,6 +4,11 @@ Deterministic: batch `step` is drawn from rng([seed, step]) (scenes) and a torch
 seeded from (seed, step) (timesteps, noise, prompt dropout), so a resumed run sees exactly the
 batches an unbroken one would. Checkpoints (model, text encoder, EMA, AdamW state, step) are
 single safetensors files written atomically; `train` resumes from the newest one.
+
+Batches are always drawn on the CPU (by `workers` processes ahead of the step, or in the loop),
+so every device and worker count trains on the same scenes and noise; `device` (cuda on a GPU
+box) runs the network. A run may move between devices on resume; its last bits then differ
+from a run that stayed on one device (float arithmetic differs between devices).
 """
 from __future__ import annotations
 
@@ -52,6 +57,12 @@ class ToyTrainConfig:
     seed: int = field(default=0, metadata={"help": "seed of init, scenes and noise"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads (recorded; results depend on it)"})
     checkpoint_every: int = field(default=100, metadata={"help": "steps between checkpoints"})
+    device: str = field(default="cpu", metadata={
+        "help": "torch device that runs the network: cpu, or cuda / cuda:N on a GPU box (batches are drawn on the "
+                "CPU either way, so the scenes and noise are the same; may change on resume)"})
+    workers: int = field(default=0, metadata={
+        "help": "processes drawing batches ahead of the training step (0: drawn in the loop); the batches, "
+                "and so the result, are the same at any number. Worth it where the network step is fast (a GPU)"})
 
 
 def sd1_alphas_cumprod() -> torch.Tensor:
@@ -77,6 +88,50 @@ def make_batch(cfg: ToyTrainConfig, step: int, batch_size: int | None = None,
     return x0, torch.tensor(ids, dtype=torch.long)
 
 
+def draw_step(cfg: ToyTrainConfig, step: int, n_timesteps: int, model_cfg: ToyModelConfig | None = None):
+    """Everything random about training step `step`, drawn on the CPU: (x0, token ids,
+    timesteps, noise, skip-dropout mask or None). A function of (seed, step) alone."""
+    x0, ids = make_batch(cfg, step, model_cfg=model_cfg)
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    t = torch.randint(0, n_timesteps, (x0.shape[0],), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    if cfg.offset_noise > 0:   # drawn last, so runs without it draw exactly as before
+        noise = noise + cfg.offset_noise * torch.randn(x0.shape[0], x0.shape[1], 1, 1, generator=g)
+    dropped = None
+    if cfg.skip_dropout > 0:   # drawn last, so runs without it draw exactly as before
+        dropped = torch.rand(x0.shape[0], generator=g) < cfg.skip_dropout
+    return x0, ids, t, noise, dropped
+
+
+class _Steps(torch.utils.data.Dataset):
+    """Training steps [first, last) as a dataset of whole batches, for DataLoader workers."""
+
+    def __init__(self, cfg: ToyTrainConfig, first: int, last: int, n_timesteps: int, model_cfg: ToyModelConfig):
+        self.cfg, self.first, self.last, self.n_timesteps, self.model_cfg = cfg, first, last, n_timesteps, model_cfg
+
+    def __len__(self):
+        return max(0, self.last - self.first)
+
+    def __getitem__(self, i):
+        return draw_step(self.cfg, self.first + i, self.n_timesteps, self.model_cfg)
+
+
+def _one_thread(_worker_id):
+    torch.set_num_threads(1)   # a worker draws one batch at a time; threads would only contend
+
+
+def step_batches(cfg: ToyTrainConfig, first: int, last: int, n_timesteps: int, model_cfg: ToyModelConfig):
+    """The random draws of steps first..last-1 in order, from `cfg.workers` processes or inline."""
+    if cfg.workers <= 0:
+        for step in range(first, last):
+            yield draw_step(cfg, step, n_timesteps, model_cfg)
+        return
+    loader = torch.utils.data.DataLoader(_Steps(cfg, first, last, n_timesteps, model_cfg), batch_size=None,
+                                         shuffle=False, num_workers=cfg.workers, prefetch_factor=4,
+                                         worker_init_fn=_one_thread, persistent_workers=False)
+    yield from loader
+
+
 def skip_dropout_patch(dropped: torch.Tensor, keep_at_most: int):
     """ComfyUI output_block_patch: zero the skip connection (hsp) of the `dropped` scenes wherever
     it is larger than keep_at_most x keep_at_most (the low-resolution skips stay)."""
@@ -87,18 +142,34 @@ def skip_dropout_patch(dropped: torch.Tensor, keep_at_most: int):
     return patch
 
 
+def training_device(name: str) -> torch.device:
+    """torch.device(name), or a ConfigError saying why it cannot train here."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r}: not a torch device (cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available here (torch {torch.__version__}"
+                          f"{', a CPU build' if torch.version.cuda is None else ''}); use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {name}: only cpu and cuda are supported")
+    return device
+
+
 class ToyTrainer:
     def __init__(self, cfg: ToyTrainConfig, model_cfg: ToyModelConfig | None = None):
         self.cfg = cfg
         self.model_cfg = model_cfg or ToyModelConfig()
         torch.manual_seed(cfg.seed)
+        self.device = training_device(cfg.device)
         self.unet = build_unet(self.model_cfg, init=cfg.init)
         self.text = ToyTextEncoder(self.model_cfg)
-        self.modules = torch.nn.ModuleDict({"diffusion_model": self.unet, "text_encoder": self.text})
+        # Built (and initialised) on the CPU, then moved: the initial weights are the same everywhere.
+        self.modules = torch.nn.ModuleDict({"diffusion_model": self.unet, "text_encoder": self.text}).to(self.device)
         self.ema = {k: v.detach().clone() for k, v in self.modules.state_dict().items()}
         self.opt = torch.optim.AdamW(self.modules.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
                                      weight_decay=cfg.weight_decay)
-        self.alphas_cumprod = sd1_alphas_cumprod()
+        self.alphas_cumprod = sd1_alphas_cumprod().to(self.device)
         self.step = 0
         self.seconds = 0.0       # training wall time summed over all sessions of this run
         self.schedule = [[0, cfg.steps]]   # [from step, schedule length] for each extension
@@ -110,16 +181,13 @@ class ToyTrainer:
         p = (step - c.warmup) / max(1, c.steps - c.warmup)
         return c.lr * (c.lr_floor + (1 - c.lr_floor) * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
 
-    def loss_on(self, step: int) -> torch.Tensor:
-        x0, ids = make_batch(self.cfg, step, model_cfg=self.model_cfg)
-        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
-        t = torch.randint(0, len(self.alphas_cumprod), (x0.shape[0],), generator=g)
-        noise = torch.randn(x0.shape, generator=g)
-        if self.cfg.offset_noise > 0:   # drawn last, so runs without it draw exactly as before
-            noise = noise + self.cfg.offset_noise * torch.randn(x0.shape[0], x0.shape[1], 1, 1, generator=g)
+    def loss_on(self, step: int, drawn=None) -> torch.Tensor:
+        """The loss of training step `step`; `drawn` = draw_step(...) of that step, if drawn ahead."""
+        if drawn is None:
+            drawn = draw_step(self.cfg, step, len(self.alphas_cumprod), self.model_cfg)
+        x0, ids, t, noise, dropped = (None if v is None else v.to(self.device) for v in drawn)
         options = {}
-        if self.cfg.skip_dropout > 0:   # drawn last, so runs without it draw exactly as before
-            dropped = torch.rand(x0.shape[0], generator=g) < self.cfg.skip_dropout
+        if dropped is not None:
             options = {"patches": {"output_block_patch": [skip_dropout_patch(dropped, x0.shape[-1] // 4)]}}
         ab = self.alphas_cumprod[t].view(-1, 1, 1, 1)
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
@@ -130,11 +198,11 @@ class ToyTrainer:
             per_sample = per_sample * snr.clamp(max=self.cfg.min_snr_gamma) / snr
         return per_sample.mean()
 
-    def train_step(self) -> float:
+    def train_step(self, drawn=None) -> float:
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(self.step)
         self.modules.train()
-        loss = self.loss_on(self.step)
+        loss = self.loss_on(self.step, drawn)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.modules.parameters(), self.cfg.grad_clip)
@@ -153,7 +221,7 @@ class ToyTrainer:
         for i, st in self.opt.state_dict()["state"].items():
             for name, v in st.items():
                 out[f"opt.{i}.{name}"] = torch.as_tensor(v).contiguous()
-        return out
+        return {k: v.cpu() for k, v in out.items()}
 
     def save_checkpoint(self, path: Path):
         meta = {"step": str(self.step), "seconds": f"{self.seconds:.1f}", "schedule": json.dumps(self.schedule),
@@ -180,14 +248,14 @@ class ToyTrainer:
                                  f"was started with {key}={started}; use the same settings or a new --out")
         t = load_file(str(path))
         self.modules.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
-        self.ema = {k[4:]: v.clone() for k, v in t.items() if k.startswith("ema.")}
+        self.ema = {k[4:]: v.to(self.device, copy=True) for k, v in t.items() if k.startswith("ema.")}
         opt_state = self.opt.state_dict()
         opt_state["state"] = {}
         for k, v in t.items():
             if k.startswith("opt."):
                 _, i, name = k.split(".", 2)
                 opt_state["state"].setdefault(int(i), {})[name] = v
-        self.opt.load_state_dict(opt_state)
+        self.opt.load_state_dict(opt_state)   # moves the moments to their parameters' device
         self.step = int(meta["step"])
         self.seconds = float(meta["seconds"])
         self.schedule = json.loads(meta.get("schedule", json.dumps([[0, saved["steps"]]])))
@@ -233,21 +301,25 @@ def train(cfg: ToyTrainConfig, model_cfg: ToyModelConfig | None = None, progress
     log = open(out / "train_log.jsonl", "a", encoding="utf-8")
     bar = tqdm(total=cfg.steps, initial=trainer.step, disable=not progress, desc="toyworld train")
     running = None
-    while trainer.step < last:
-        t0 = time.perf_counter()
-        loss = trainer.train_step()
-        trainer.seconds += time.perf_counter() - t0
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"toyworld train: loss is {loss} at step {trainer.step}")
-        running = loss if running is None else 0.98 * running + 0.02 * loss
-        bar.update(1)
-        bar.set_postfix(loss=f"{running:.4f}")
-        if trainer.step % 25 == 0:
-            log.write(json.dumps({"step": trainer.step, "loss": round(running, 5),
-                                  "seconds": round(trainer.seconds, 1)}) + "\n")
-            log.flush()
-        if trainer.step % cfg.checkpoint_every == 0 or trainer.step == last:
-            trainer.save_checkpoint(ckpt)
-    bar.close()
-    log.close()
+    batches = step_batches(cfg, trainer.step, last, len(trainer.alphas_cumprod), trainer.model_cfg)
+    try:
+        while trainer.step < last:
+            t0 = time.perf_counter()
+            loss = trainer.train_step(next(batches))
+            trainer.seconds += time.perf_counter() - t0
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"toyworld train: loss is {loss} at step {trainer.step}")
+            running = loss if running is None else 0.98 * running + 0.02 * loss
+            bar.update(1)
+            bar.set_postfix(loss=f"{running:.4f}")
+            if trainer.step % 25 == 0:
+                log.write(json.dumps({"step": trainer.step, "loss": round(running, 5),
+                                      "seconds": round(trainer.seconds, 1)}) + "\n")
+                log.flush()
+            if trainer.step % cfg.checkpoint_every == 0 or trainer.step == last:
+                trainer.save_checkpoint(ckpt)
+    finally:
+        batches.close()   # stops the workers, if any
+        bar.close()
+        log.close()
     return trainer
