@@ -180,16 +180,16 @@ def test_batch_workers_train_exactly_as_the_loop_does(comfy, tmp_path):
     """Batches drawn ahead by worker processes (the GPU set-up) are the loop's own batches: a run
     with 2 workers, killed and resumed, ends bit for bit where an inline run ends."""
     from sae_concepts.training.toyworld.train import train
-    inline = train(_tiny_train_cfg(tmp_path / "a"), progress=False)
-    train(_tiny_train_cfg(tmp_path / "b", workers=2), progress=False, stop_after=3)
-    ahead = train(_tiny_train_cfg(tmp_path / "b", workers=2), progress=False)
+    inline = train(_tiny_train_cfg(tmp_path / "a", skip_dropout=0.5), progress=False)
+    train(_tiny_train_cfg(tmp_path / "b", skip_dropout=0.5, workers=2), progress=False, stop_after=3)
+    ahead = train(_tiny_train_cfg(tmp_path / "b", skip_dropout=0.5, workers=2), progress=False)
     a, b = inline.state_tensors(), ahead.state_tensors()
     assert ahead.step == 4 and a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
 
 
-def test_a_device_that_is_not_here_is_a_clear_error(tmp_path):
+def test_a_device_that_is_not_here_is_a_clear_error(comfy, tmp_path):
     from sae_concepts.sae_core.errors import ConfigError
     from sae_concepts.training.toyworld.train import training_device
     assert training_device("cpu").type == "cpu"
@@ -198,6 +198,47 @@ def test_a_device_that_is_not_here_is_a_clear_error(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="--device cuda: CUDA is not available here"):
             training_device("cuda")
+    else:
+        with pytest.raises(ConfigError, match="CUDA device"):
+            training_device(f"cuda:{torch.cuda.device_count()}")
+    from sae_concepts.training.toyworld.train import train
+    with pytest.raises(ConfigError, match="--workers must be 0"):
+        train(_tiny_train_cfg(tmp_path / "w", workers=-1), progress=False)
+    assert not (tmp_path / "w").exists()
+
+
+def test_init_from_exported_weights_starts_there_and_is_checked_on_resume(comfy, tmp_path):
+    from sae_concepts.sae_core.errors import ConfigError
+    from sae_concepts.training.toyworld.train import CHECKPOINT, export_weights, train
+    from safetensors.torch import load_file, save_file
+    train(_tiny_train_cfg(tmp_path / "base"), progress=False)
+    weights = export_weights(tmp_path / "base" / CHECKPOINT, tmp_path / "base.safetensors")
+    exported = load_file(str(weights))
+    start = train(_tiny_train_cfg(tmp_path / "ft", init_from=str(weights), seed=5), progress=False, stop_after=0)
+    state = start.modules.state_dict()
+    assert state.keys() == exported.keys()
+    for k, v in exported.items():    # the fine-tune starts at the exported (fp16) weights, in fp32
+        assert state[k].dtype == torch.float32 and torch.equal(state[k], v.float()), k
+    tuned = train(_tiny_train_cfg(tmp_path / "ft", init_from=str(weights), seed=5), progress=False, stop_after=2)
+    assert tuned.step == 2
+    assert not torch.equal(tuned.state_tensors()["model.diffusion_model.out.2.bias"],
+                           exported["diffusion_model.out.2.bias"].float())
+    other = tmp_path / "other.safetensors"     # same format, other weights: refused on resume
+    save_file({k: v + 1 for k, v in exported.items()}, str(other), metadata=load_file_meta(weights))
+    with pytest.raises(ConfigError, match="started from weights with SHA-256"):
+        train(_tiny_train_cfg(tmp_path / "ft", init_from=str(other), seed=5), progress=False)
+    with pytest.raises(ConfigError, match="started from weights with SHA-256"):
+        train(_tiny_train_cfg(tmp_path / "ft", seed=5), progress=False)
+    not_toy = tmp_path / "not_toy.safetensors"
+    save_file({"w": torch.zeros(2)}, str(not_toy))
+    with pytest.raises(ConfigError, match="not_toy.safetensors: not a toy world weights file"):
+        train(_tiny_train_cfg(tmp_path / "bad", init_from=str(not_toy)), progress=False)
+
+
+def load_file_meta(path):
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        return f.metadata()
 
 
 def test_resume_with_other_settings_is_an_error(comfy, tmp_path):

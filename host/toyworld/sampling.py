@@ -96,6 +96,14 @@ def read_toy_weights(path) -> tuple[ToyModelConfig, dict[str, torch.Tensor], dic
     return ToyModelConfig.from_json(meta["model_config"]), load_file(str(path)), meta
 
 
+def weights_digest(path) -> str:
+    """sha256 of a weights file: what a run was made from, wherever the file is now."""
+    import hashlib
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"toy world weights not found: {path}")
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def load_toy_model(path=SHIPPED_WEIGHTS):
     """(ModelPatcher, ToyTextEncoder) from a toy world weights file (fp16 on disk, fp32 here)."""
     import comfy.model_base

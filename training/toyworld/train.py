@@ -7,8 +7,9 @@ single safetensors files written atomically; `train` resumes from the newest one
 
 Batches are always drawn on the CPU (by `workers` processes ahead of the step, or in the loop),
 so every device and worker count trains on the same scenes and noise; `device` (cuda on a GPU
-box) runs the network. A run may move between devices on resume; its last bits then differ
-from a run that stayed on one device (float arithmetic differs between devices).
+box) runs the network. Bit-for-bit reproducibility holds on the CPU at a given thread count;
+a GPU run is not bit-reproducible (cuDNN's algorithm choice, TF32, non-deterministic backward
+kernels), only statistically the same recipe. A run may move between devices on resume.
 """
 from __future__ import annotations
 
@@ -54,6 +55,11 @@ class ToyTrainConfig:
         "help": "U-Net weight init: torch (PyTorch's default; the shipped recipe) or unit (size-preserving "
                 "convolutions and linears, so the low-resolution path reaches the output from the start; "
                 "see host/toyworld/model.build_unet)"})
+    init_from: str = field(default="", metadata={
+        "help": "start from an exported Toy World weights file (e.g. the shipped toyworld_v3.safetensors: its "
+                "EMA weights, fp16 -> fp32) instead of a fresh init: a fine-tune with a new AdamW, warm-up and "
+                "schedule; the file's SHA-256 is recorded, and a resume checks it. Use a --seed other than the "
+                "weights' own, or the fine-tune sees their first batches again"})
     seed: int = field(default=0, metadata={"help": "seed of init, scenes and noise"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads (recorded; results depend on it)"})
     checkpoint_every: int = field(default=100, metadata={"help": "steps between checkpoints"})
@@ -61,8 +67,9 @@ class ToyTrainConfig:
         "help": "torch device that runs the network: cpu, or cuda / cuda:N on a GPU box (batches are drawn on the "
                 "CPU either way, so the scenes and noise are the same; may change on resume)"})
     workers: int = field(default=0, metadata={
-        "help": "processes drawing batches ahead of the training step (0: drawn in the loop); the batches, "
-                "and so the result, are the same at any number. Worth it where the network step is fast (a GPU)"})
+        "help": "processes drawing batches ahead of the training step (0: drawn in the loop); the batches are "
+                "the same at any number (on the CPU, so is the result, bit for bit). For a GPU, whose step may "
+                "be shorter than drawing a batch of scenes in Python"})
 
 
 def sd1_alphas_cumprod() -> torch.Tensor:
@@ -116,19 +123,16 @@ class _Steps(torch.utils.data.Dataset):
         return draw_step(self.cfg, self.first + i, self.n_timesteps, self.model_cfg)
 
 
-def _one_thread(_worker_id):
-    torch.set_num_threads(1)   # a worker draws one batch at a time; threads would only contend
-
-
 def step_batches(cfg: ToyTrainConfig, first: int, last: int, n_timesteps: int, model_cfg: ToyModelConfig):
     """The random draws of steps first..last-1 in order, from `cfg.workers` processes or inline."""
     if cfg.workers <= 0:
         for step in range(first, last):
             yield draw_step(cfg, step, n_timesteps, model_cfg)
         return
+    # DataLoader yields in index order (workers take turns), so step i always gets batch i.
+    # prefetch 2 per worker keeps the shared memory in flight small (a container's /dev/shm may be 64 MB).
     loader = torch.utils.data.DataLoader(_Steps(cfg, first, last, n_timesteps, model_cfg), batch_size=None,
-                                         shuffle=False, num_workers=cfg.workers, prefetch_factor=4,
-                                         worker_init_fn=_one_thread, persistent_workers=False)
+                                         shuffle=False, num_workers=cfg.workers, prefetch_factor=2)
     yield from loader
 
 
@@ -153,6 +157,9 @@ def training_device(name: str) -> torch.device:
                           f"{', a CPU build' if torch.version.cuda is None else ''}); use --device cpu")
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"--device {name}: only cpu and cuda are supported")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                          f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return device
 
 
@@ -162,10 +169,14 @@ class ToyTrainer:
         self.model_cfg = model_cfg or ToyModelConfig()
         torch.manual_seed(cfg.seed)
         self.device = training_device(cfg.device)
+        if self.device.type == "cuda" and self.device.index is not None:
+            torch.cuda.set_device(self.device)   # so nothing else (ComfyUI, the CUDA context) lands on cuda:0
         self.unet = build_unet(self.model_cfg, init=cfg.init)
         self.text = ToyTextEncoder(self.model_cfg)
         # Built (and initialised) on the CPU, then moved: the initial weights are the same everywhere.
-        self.modules = torch.nn.ModuleDict({"diffusion_model": self.unet, "text_encoder": self.text}).to(self.device)
+        self.modules = torch.nn.ModuleDict({"diffusion_model": self.unet, "text_encoder": self.text})
+        self.init_sha256 = self._load_init(cfg.init_from) if cfg.init_from else ""
+        self.modules.to(self.device)
         self.ema = {k: v.detach().clone() for k, v in self.modules.state_dict().items()}
         self.opt = torch.optim.AdamW(self.modules.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
                                      weight_decay=cfg.weight_decay)
@@ -173,6 +184,23 @@ class ToyTrainer:
         self.step = 0
         self.seconds = 0.0       # training wall time summed over all sessions of this run
         self.schedule = [[0, cfg.steps]]   # [from step, schedule length] for each extension
+
+    def _load_init(self, path: str) -> str:
+        """Load exported weights (fp16 -> fp32) as the starting point; returns their SHA-256."""
+        from ...host.toyworld.sampling import read_toy_weights, weights_digest
+        model_cfg, tensors, _ = read_toy_weights(path)
+        if model_cfg != self.model_cfg:
+            raise ConfigError(f"--init-from {path}: its model config {model_cfg} differs from the one trained "
+                              f"here, {self.model_cfg}")
+        expected = self.modules.state_dict()
+        missing = sorted(set(expected) - set(tensors))
+        if missing:
+            raise ConfigError(f"--init-from {path}: {len(missing)} tensors missing, e.g. {missing[0]}")
+        for k, v in expected.items():
+            if tensors[k].shape != v.shape:
+                raise ConfigError(f"--init-from {path}: {k} has shape {tuple(tensors[k].shape)}, expected {tuple(v.shape)}")
+        self.modules.load_state_dict({k: tensors[k].to(v.dtype) for k, v in expected.items()}, strict=True)
+        return weights_digest(path)
 
     def lr_at(self, step: int) -> float:
         c = self.cfg
@@ -209,8 +237,14 @@ class ToyTrainer:
         self.opt.step()
         with torch.no_grad():
             d = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
-            for k, v in self.modules.state_dict().items():
-                self.ema[k].mul_(d).add_(v.detach(), alpha=1 - d) if v.is_floating_point() else self.ema[k].copy_(v)
+            live = self.modules.state_dict()
+            floats = [k for k, v in live.items() if v.is_floating_point()]
+            # All tensors at once (one kernel per op on a GPU, not ~700); the same arithmetic.
+            torch._foreach_mul_([self.ema[k] for k in floats], d)
+            torch._foreach_add_([self.ema[k] for k in floats], [live[k] for k in floats], alpha=1 - d)
+            for k, v in live.items():
+                if not v.is_floating_point():
+                    self.ema[k].copy_(v)
         self.step += 1
         return float(loss.detach())
 
@@ -226,6 +260,8 @@ class ToyTrainer:
     def save_checkpoint(self, path: Path):
         meta = {"step": str(self.step), "seconds": f"{self.seconds:.1f}", "schedule": json.dumps(self.schedule),
                 "train_config": json.dumps(asdict(self.cfg)), "model_config": self.model_cfg.to_json()}
+        if self.init_sha256:
+            meta["init_from_sha256"] = self.init_sha256
         with atomic_path(path) as tmp:
             save_file(self.state_tensors(), str(tmp), metadata=meta)
 
@@ -246,6 +282,10 @@ class ToyTrainer:
             if started != getattr(self.cfg, key):
                 raise ConfigError(f"{path}: resuming with {key}={getattr(self.cfg, key)} but the run "
                                  f"was started with {key}={started}; use the same settings or a new --out")
+        if meta.get("init_from_sha256", "") != self.init_sha256:
+            raise ConfigError(f"{path}: the run started from weights with SHA-256 "
+                              f"{meta.get('init_from_sha256') or '(none: a fresh init)'}, but --init-from gives "
+                              f"{self.init_sha256 or '(none)'}; use the same file or a new --out")
         t = load_file(str(path))
         self.modules.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
         self.ema = {k[4:]: v.to(self.device, copy=True) for k, v in t.items() if k.startswith("ema.")}
@@ -289,9 +329,11 @@ def train(cfg: ToyTrainConfig, model_cfg: ToyModelConfig | None = None, progress
     steps (tests); `stop_at` ends the run at that step (the lr schedule still spans cfg.steps)."""
     from tqdm import tqdm
     torch.set_num_threads(cfg.threads)
+    if cfg.workers < 0:
+        raise ConfigError(f"--workers must be 0 (draw batches in the loop) or more, got {cfg.workers}")
+    trainer = ToyTrainer(cfg, model_cfg)   # checks the device and --init-from before anything is written
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    trainer = ToyTrainer(cfg, model_cfg)
     ckpt = out / CHECKPOINT
     if ckpt.exists():
         trainer.load_checkpoint(ckpt)

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 from ....sae_core.blocks import PAPER_BLOCKS
 from ....sae_core.errors import SAEConceptsError
-from ....host.toyworld.sampling import PAPER_SAMPLER, SHIPPED_WEIGHTS
+from ....host.toyworld.sampling import PAPER_SAMPLER, SHIPPED_WEIGHTS, weights_digest
 
 
 PAPER_T = (1.0, 0.5, 0.0)
@@ -67,15 +67,6 @@ def collected_blocks(text: str) -> frozenset[str]:
         return frozenset(family.canonical_block(b) for b in names)
     except ValueError as e:
         raise ToyPaperError(f"--collect-blocks {text!r}: {e}") from None
-
-
-def weights_digest(path) -> str:
-    """sha256 of a weights file: what a run folder was made from, wherever the file is now."""
-    import hashlib
-    from pathlib import Path
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"toy world weights not found: {path}")
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def check_resume(cfg: ToyPaperConfig, config_path) -> None:

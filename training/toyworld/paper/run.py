@@ -10,7 +10,8 @@ import torch
 from ....sae_core.atomic import write_text_atomic
 
 from .composition import add_style_labels, run_composition, style_edit_size
-from .config import ToyPaperConfig, check_resume, weights_digest
+from ....host.toyworld.sampling import weights_digest
+from .config import ToyPaperConfig, check_resume
 from .figure import spatial_figure
 from .sensitivity import run_sensitivity
 from .steering import run_steering
