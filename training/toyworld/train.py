@@ -192,14 +192,10 @@ class ToyTrainer:
         if model_cfg != self.model_cfg:
             raise ConfigError(f"--init-from {path}: its model config {model_cfg} differs from the one trained "
                               f"here, {self.model_cfg}")
-        expected = self.modules.state_dict()
-        missing = sorted(set(expected) - set(tensors))
-        if missing:
-            raise ConfigError(f"--init-from {path}: {len(missing)} tensors missing, e.g. {missing[0]}")
-        for k, v in expected.items():
-            if tensors[k].shape != v.shape:
-                raise ConfigError(f"--init-from {path}: {k} has shape {tuple(tensors[k].shape)}, expected {tuple(v.shape)}")
-        self.modules.load_state_dict({k: tensors[k].to(v.dtype) for k, v in expected.items()}, strict=True)
+        try:   # strict: names every missing, unexpected or misshapen tensor; copies fp16 into fp32
+            self.modules.load_state_dict(tensors, strict=True)
+        except RuntimeError as e:
+            raise ConfigError(f"--init-from {path}: {e}") from None
         return weights_digest(path)
 
     def lr_at(self, step: int) -> float:
