@@ -272,6 +272,33 @@ def test_skip_dropout_zeroes_only_the_high_resolution_skips_of_dropped_scenes(co
         train(_tiny_train_cfg(tmp_path / "d"), progress=False)
 
 
+def test_two_object_share_sets_the_count_mix_and_leaves_the_default_draw_alone(comfy, tmp_path):
+    from sae_concepts.host.toyworld.world import TOKEN_ID
+    from sae_concepts.training.toyworld.train import ToyTrainConfig, make_batch, train
+
+    def two_object_share(**kw) -> float:
+        cfg = ToyTrainConfig(prompt_dropout=0.0, **kw)
+        ids = torch.cat([make_batch(cfg, step, batch_size=50)[1] for step in range(8)])
+        return (ids == TOKEN_ID["and"]).any(dim=1).float().mean().item()
+    assert two_object_share(two_object_share=1.0) == 1.0 and two_object_share(two_object_share=0.0) == 0.0
+    assert 0.72 < two_object_share(two_object_share=0.8) < 0.88          # 400 scenes: a few standard errors
+    assert 0.4 < two_object_share() < 0.6
+    # the default is the world's own balanced draw, scene for scene (recorded recipes stay exact)
+    rng = np.random.default_rng([0, 3])
+    own = []
+    for _ in range(16):
+        own.append(sample_scene(rng, name_style_p=0.9).prompt)
+        rng.random()                                                   # the prompt-dropout draw
+    x0, ids = make_batch(ToyTrainConfig(prompt_dropout=0.0), 3)
+    assert ids.tolist() == [tokenize(p) for p in own]
+    with pytest.raises(ValueError, match="two-object-share"):
+        train(_tiny_train_cfg(tmp_path / "bad", two_object_share=1.5), progress=False)
+    assert not (tmp_path / "bad").exists()
+    train(_tiny_train_cfg(tmp_path / "r", two_object_share=0.75), progress=False, stop_after=2)
+    with pytest.raises(ValueError, match="two_object_share"):
+        train(_tiny_train_cfg(tmp_path / "r"), progress=False)
+
+
 def _mid_block_reach(init: str) -> float:
     """How much an edit of 4x the residual stream after the mid block's transformer changes the
     features entering the U-Net's last convolution, relative to their size (a fresh U-Net)."""
