@@ -289,7 +289,7 @@ def test_two_object_share_sets_the_count_mix_and_leaves_the_default_draw_alone(c
     for _ in range(16):
         own.append(sample_scene(rng, name_style_p=0.9).prompt)
         rng.random()                                                   # the prompt-dropout draw
-    x0, ids = make_batch(ToyTrainConfig(prompt_dropout=0.0), 3)
+    _, ids = make_batch(ToyTrainConfig(prompt_dropout=0.0), 3)
     assert ids.tolist() == [tokenize(p) for p in own]
     with pytest.raises(ValueError, match="two-object-share"):
         train(_tiny_train_cfg(tmp_path / "bad", two_object_share=1.5), progress=False)
