@@ -235,6 +235,35 @@ def test_init_from_exported_weights_starts_there_and_is_checked_on_resume(comfy,
         train(_tiny_train_cfg(tmp_path / "bad", init_from=str(not_toy)), progress=False)
 
 
+def test_latent_scale_is_the_fine_tunes_own_and_travels_with_the_weights(comfy, tmp_path):
+    """--latent-scale changes only what the U-Net sees ((latent - shift) x scale): a fine-tune may
+    change it from its --init-from weights; the export records it, loaders follow it, and a resume
+    with another scale is refused."""
+    from sae_concepts.host.toyworld.model import ToyModelConfig
+    from sae_concepts.host.toyworld.sampling import load_toy_model, read_toy_weights
+    from sae_concepts.sae_core.errors import ConfigError
+    from sae_concepts.training.toyworld.train import CHECKPOINT, export_weights, make_batch, train
+    train(_tiny_train_cfg(tmp_path / "base"), progress=False)
+    weights = export_weights(tmp_path / "base" / CHECKPOINT, tmp_path / "base.safetensors")
+    assert read_toy_weights(weights)[0].latent_scale == ToyModelConfig.latent_scale == 2.5
+    cfg = _tiny_train_cfg(tmp_path / "ft", init_from=str(weights), seed=5, latent_scale=1.0)
+    tuned = train(cfg, progress=False)
+    assert tuned.model_cfg.latent_scale == 1.0
+    x_tuned, _ = make_batch(cfg, 0, model_cfg=tuned.model_cfg)
+    x_base, _ = make_batch(cfg, 0, model_cfg=ToyModelConfig())
+    assert torch.allclose(x_tuned * 2.5, x_base, atol=1e-5)     # the same scenes, 2.5x smaller
+    out = export_weights(tmp_path / "ft" / CHECKPOINT, tmp_path / "ft.safetensors")
+    assert read_toy_weights(out)[0].latent_scale == 1.0
+    patcher, _ = load_toy_model(out)
+    latent = torch.full((1, 12, 4, 4), 0.86)
+    assert torch.allclose(patcher.model.process_latent_in(latent), torch.full_like(latent, 0.5))
+    with pytest.raises(ConfigError, match="model config"):
+        train(_tiny_train_cfg(tmp_path / "ft", init_from=str(weights), seed=5, latent_scale=2.0), progress=False)
+    with pytest.raises(ConfigError, match="--latent-scale must be > 0"):
+        train(_tiny_train_cfg(tmp_path / "neg", latent_scale=-1.0), progress=False)
+    assert not (tmp_path / "neg").exists()
+
+
 def load_file_meta(path):
     from safetensors import safe_open
     with safe_open(str(path), "pt") as f:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +49,11 @@ class ToyTrainConfig:
         "help": "share of training scenes with two objects (0..1). 0.5 = the world's own balanced draw (the shipped "
                 "recipe); more trains harder on the two-object prompts that fail most. Evaluation stays balanced"})
     offset_noise: float = field(default=0.1, metadata={"help": "std of a per-channel constant added to the noise (teaches that a noise offset is not image colour); may change on resume"})
+    latent_scale: float = field(default=ToyModelConfig.latent_scale, metadata={
+        "help": "the model works on (latent - 0.36) x this (recorded in the weights, so every loader follows it). "
+                "2.5 = unit variance, as SD's 0.18215 (the shipped recipe); smaller shifts SD1.x's schedule towards "
+                "noise: at 2.5, t = 999 still shows where the objects are, so the model learns to find them, never "
+                "to place them (the cause measured in MODEL_CARD.md). May differ from --init-from's weights"})
     grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clip"})
     skip_dropout: float = field(default=0.0, metadata={
         "help": "chance per scene of zeroing the U-Net's skip connections above latent/4 (24x24 and 12x12 on the "
@@ -171,7 +176,7 @@ def training_device(name: str) -> torch.device:
 class ToyTrainer:
     def __init__(self, cfg: ToyTrainConfig, model_cfg: ToyModelConfig | None = None):
         self.cfg = cfg
-        self.model_cfg = model_cfg or ToyModelConfig()
+        self.model_cfg = replace(model_cfg or ToyModelConfig(), latent_scale=cfg.latent_scale)
         torch.manual_seed(cfg.seed)
         self.device = training_device(cfg.device)
         if self.device.type == "cuda" and self.device.index is not None:
@@ -194,7 +199,8 @@ class ToyTrainer:
         """Load exported weights (fp16 -> fp32) as the starting point; returns their SHA-256."""
         from ...host.toyworld.sampling import read_toy_weights, weights_digest
         model_cfg, tensors, _ = read_toy_weights(path)
-        if model_cfg != self.model_cfg:
+        # The input scale is not in the weights' shapes: a fine-tune may change it (--latent-scale).
+        if replace(model_cfg, latent_scale=self.model_cfg.latent_scale) != self.model_cfg:
             raise ConfigError(f"--init-from {path}: its model config {model_cfg} differs from the one trained "
                               f"here, {self.model_cfg}")
         try:   # strict: names every missing, unexpected or misshapen tensor; copies fp16 into fp32
@@ -334,6 +340,8 @@ def train(cfg: ToyTrainConfig, model_cfg: ToyModelConfig | None = None, progress
         raise ConfigError(f"--workers must be 0 (draw batches in the loop) or more, got {cfg.workers}")
     if not 0.0 <= cfg.two_object_share <= 1.0:
         raise ConfigError(f"--two-object-share must be in 0..1, got {cfg.two_object_share}")
+    if not cfg.latent_scale > 0:
+        raise ConfigError(f"--latent-scale must be > 0, got {cfg.latent_scale}")
     trainer = ToyTrainer(cfg, model_cfg)   # checks the device and --init-from before anything is written
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
