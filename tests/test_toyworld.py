@@ -426,3 +426,25 @@ def test_schedule_can_be_extended_on_resume_and_is_recorded(comfy, tmp_path):
     assert b.step == 4 and b.schedule == [[0, 4], [2, 6, 0.1]]
     with pytest.raises(ValueError, match="past --steps"):
         train(_tiny_train_cfg(tmp_path, steps=3), progress=False)
+
+
+def test_evaluation_names_how_the_count_goes_wrong():
+    """judge() on rendered scenes: a copy of the asked object, a missing one, an extra one."""
+    from sae_concepts.host.toyworld.world import Scene, ToyObject
+    from sae_concepts.training.toyworld.evaluate import judge, summarise
+
+    def image(*objects):
+        return render(Scene(tuple(objects), "plain")).image
+    red = ToyObject("red", "circle", top=4, left=4, size=14)
+    red_again = ToyObject("red", "circle", top=28, left=28, size=14)
+    blue = ToyObject("blue", "square", top=28, left=4, size=14)
+    rows = [judge("red circle on plain background", image(red)),                  # right
+            judge("red circle on plain background", image(red, red_again)),       # a copy: too many
+            judge("red circle and blue square on plain background", image(red)),  # one missing
+            judge("red circle and blue square on plain background", image(red, red_again)),  # copy, count right
+            judge("red circle on plain background", image(red, blue))]            # an extra, no copy
+    assert [(r["count"], r["too_many"], r["too_few"], r["copy"]) for r in rows] == [
+        (True, False, False, False), (False, True, False, True), (False, False, True, False),
+        (True, False, False, True), (False, True, False, False)]
+    s = summarise(rows)
+    assert (s["too_many"], s["too_few"], s["copy"], s["count"]) == (0.4, 0.2, 0.4, 0.4)

@@ -48,10 +48,13 @@ def judge(prompt: str, image) -> dict:
     wanted, style = parse_prompt(prompt)
     d = detect(image)
     found = [d.has(c, s) for c, s in wanted]
+    labels = [f"{o.colour} {o.shape}" for o in d.objects]
     return {"prompt": prompt, "n_objects": len(wanted),
             "colour_shape": all(found), "objects_found": sum(found),
             "style": style is None or d.style == style, "detected_style": d.style,
-            "count": d.count == len(wanted), "detected": [f"{o.colour} {o.shape}" for o in d.objects]}
+            "count": d.count == len(wanted), "detected": labels,
+            "too_many": d.count > len(wanted), "too_few": d.count < len(wanted),
+            "copy": len(set(labels)) < len(labels)}
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -64,6 +67,11 @@ def summarise(rows: list[dict]) -> dict:
         out[f"colour_shape_{n}obj"] = rate("colour_shape", lambda r, n=n: r["n_objects"] == n)
         out[f"count_{n}obj"] = rate("count", lambda r, n=n: r["n_objects"] == n)
     out["objects_found_rate"] = round(sum(r["objects_found"] for r in rows) / sum(r["n_objects"] for r in rows), 4)
+    # How the count goes wrong: more objects than asked, or fewer; and how often one object is drawn
+    # twice (a copy: the commonest failure, with or without the right count). Shares of all samples.
+    out["too_many"] = rate("too_many")
+    out["copy"] = rate("copy")
+    out["too_few"] = rate("too_few")
     out["passes_bar"] = all(out[k] >= v for k, v in QUALITY_BAR.items())
     return out
 
