@@ -448,3 +448,43 @@ def test_evaluation_names_how_the_count_goes_wrong():
         (True, False, False, True), (False, True, False, False)]
     s = summarise(rows)
     assert (s["too_many"], s["too_few"], s["copy"], s["count"]) == (0.4, 0.2, 0.4, 0.4)
+
+
+def test_stray_objects_are_faded_into_the_input_only_and_leave_the_default_draw_alone(comfy, tmp_path):
+    """--stray-objects: the batch's scenes, timesteps and noise are those of a run without strays;
+    a stray sits clear of the scene's objects, only in prompted scenes at t >= STRAY_MIN_T; and
+    the ε target leads back to the scene without it."""
+    from sae_concepts.host.toyworld.model import ToyModelConfig, latent_to_image
+    from sae_concepts.host.toyworld.world import tokenize
+    from sae_concepts.training.toyworld.train import (STRAY_MIN_T, ToyTrainConfig, draw_step, make_batch, noised,
+                                                       sd1_alphas_cumprod, train)
+    m = ToyModelConfig()
+    plain = draw_step(ToyTrainConfig(batch_size=32), 7, 1000, m)
+    strays = draw_step(ToyTrainConfig(batch_size=32, stray_objects=1.0), 7, 1000, m)
+    assert plain[-1] is None
+    for a, b in zip(plain[:4], strays[:4]):
+        assert torch.equal(a, b)
+    x0, ids, t, noise, _, stray = strays
+    scenes = []
+    make_batch(ToyTrainConfig(batch_size=32), 7, model_cfg=m, scenes=scenes)
+    pad = tokenize("")[0]
+    has = stray.flatten(1).abs().amax(1) > 0
+    eligible = (t >= STRAY_MIN_T) & ~(ids == pad).all(1)
+    assert has.any() and torch.equal(has, eligible)    # at share 1.0 every eligible scene gets one
+    for i in torch.nonzero(has).flatten().tolist():
+        moved = (latent_to_image(stray[i:i + 1] / m.latent_scale)[0] - 0.5).abs().amax(-1) > 1e-6
+        assert moved.sum() >= 20                         # an object's worth of pixels
+        assert not (moved.numpy() & render_masks(scenes[i])).any()   # clear of the asked objects
+    ab = sd1_alphas_cumprod()[t].view(-1, 1, 1, 1)
+    xt, target = noised(x0, noise, ab, stray)
+    assert torch.allclose((xt - (1 - ab).sqrt() * target) / ab.sqrt(), x0, atol=1e-4)
+    assert torch.equal(noised(x0, noise, ab)[1], noise)
+    train(_tiny_train_cfg(tmp_path / "s", stray_objects=0.5), progress=False, stop_after=2)
+    with pytest.raises(ValueError, match="stray_objects"):
+        train(_tiny_train_cfg(tmp_path / "s"), progress=False)     # resuming without them is refused
+    with pytest.raises(ValueError, match="--stray-objects must be in 0..1"):
+        train(_tiny_train_cfg(tmp_path / "bad", stray_objects=2.0), progress=False)
+
+
+def render_masks(scene):
+    return render(scene).masks.any(0)

@@ -136,6 +136,21 @@ def _place_objects(rng: np.random.Generator, n: int, choose) -> list[ToyObject]:
     return objects
 
 
+def free_object(rng: np.random.Generator, placed, tries: int = 100) -> ToyObject | None:
+    """One more object, of any colour and shape (a copy of a placed one, too), at a position clear
+    of `placed` by the world's own rule; None if `tries` positions are all taken. For training
+    strays (objects a prompt does not ask for), not for the world's scenes."""
+    colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
+    shape = SHAPES[int(rng.integers(len(SHAPES)))]
+    for _ in range(tries):
+        size = int(rng.integers(SIZE_RANGE[0], SIZE_RANGE[1] + 1))
+        top = int(rng.integers(0, IMAGE_SIZE - size + 1))
+        left = int(rng.integers(0, IMAGE_SIZE - size + 1))
+        if not any(_too_close(top, left, size, o) for o in placed):
+            return ToyObject(colour, shape, size, top, left)
+    return None
+
+
 def _too_close(top, left, size, o: ToyObject) -> bool:
     return not (top + size + MIN_GAP <= o.top or o.top + o.size + MIN_GAP <= top
                 or left + size + MIN_GAP <= o.left or o.left + o.size + MIN_GAP <= left)

@@ -27,7 +27,7 @@ from ...sae_core.atomic import atomic_path
 from ...sae_core.errors import ConfigError
 from ..dataclass_cli import saved_setting
 from ...host.toyworld.model import ToyModelConfig, ToyTextEncoder, build_unet, image_to_latent
-from ...host.toyworld.world import render, sample_scene, tokenize
+from ...host.toyworld.world import Scene, free_object, render, sample_scene, tokenize
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -59,6 +59,11 @@ class ToyTrainConfig:
         "help": "chance per scene of zeroing the U-Net's skip connections above latent/4 (24x24 and 12x12 on the "
                 "toy) in training, so the image must pass through the paper's 6x6 / 3x3 blocks; 0 = off (the "
                 "shipped recipe). Inference is unchanged"})
+    stray_objects: float = field(default=0.0, metadata={
+        "help": "chance per prompted scene of a stray object (not in the prompt) faded into the noisy input at "
+                "t >= 500 while the target stays the scene without it, so the model learns to fade out blobs the "
+                "prompt does not ask for (how copies and third objects start in sampling); 0 = off (the shipped "
+                "recipe)"})
     init: str = field(default="torch", metadata={
         "help": "U-Net weight init: torch (PyTorch's default; the shipped recipe) or unit (size-preserving "
                 "convolutions and linears, so the low-resolution path reaches the output from the start; "
@@ -89,26 +94,69 @@ def sd1_alphas_cumprod() -> torch.Tensor:
 
 
 def make_batch(cfg: ToyTrainConfig, step: int, batch_size: int | None = None,
-               model_cfg: ToyModelConfig | None = None):
+               model_cfg: ToyModelConfig | None = None, scenes: list | None = None):
     """(model-space latents x0 [B,12,24,24], token ids [B,L]) of training batch `step`
-    (deterministic); model space = (latent - shift) * scale, ComfyUI's process_in."""
+    (deterministic); model space = (latent - shift) * scale, ComfyUI's process_in.
+    `scenes`, if given, receives the batch's Scene objects."""
     m = model_cfg or ToyModelConfig()
     rng = np.random.default_rng([cfg.seed, step])
     images, ids = [], []
+    scenes = [] if scenes is None else scenes
     for _ in range(batch_size or cfg.batch_size):
         # At 0.5 the world draws the count itself, so runs recorded before this setting draw as they did.
         n_objects = None if cfg.two_object_share == 0.5 else 1 + int(rng.random() < cfg.two_object_share)
         scene = sample_scene(rng, n_objects=n_objects, name_style_p=1.0 - cfg.omit_style)
         images.append(render(scene).image)
         ids.append(tokenize("" if rng.random() < cfg.prompt_dropout else scene.prompt))
+        scenes.append(scene)
     x0 = m.to_model_space(image_to_latent(torch.from_numpy(np.stack(images))))
     return x0, torch.tensor(ids, dtype=torch.long)
 
 
+STRAY_MIN_T = 500                 # strays only while the layout is still being decided (t >= 500)
+STRAY_AMPLITUDE = (0.15, 0.7)     # a stray's strength, as a share of a drawn object's (the asked ones: 1)
+
+
+def stray_objects(cfg: ToyTrainConfig, step: int, scenes, ids: torch.Tensor, t: torch.Tensor,
+                  model_cfg: ToyModelConfig) -> torch.Tensor | None:
+    """[B,12,24,24] model-space difference a x (scene with one more object - scene) for the scenes
+    that get a stray at step `step` (0 elsewhere), or None if none does. A stray is any colour and
+    shape (a copy of an asked object, too) at a free position; prompted scenes at t >= STRAY_MIN_T
+    only: an empty prompt asks for nothing, so nothing in it is stray. Drawn from its own stream,
+    so the batch's scenes and noise are those of a run without strays."""
+    rng = np.random.default_rng([cfg.seed, step, 1])
+    pad = tokenize("")[0]
+    out = torch.zeros(len(scenes), model_cfg.latent_channels, model_cfg.latent_size, model_cfg.latent_size)
+    any_stray = False
+    for i, scene in enumerate(scenes):
+        chosen = rng.random() < cfg.stray_objects
+        amplitude = rng.uniform(*STRAY_AMPLITUDE)
+        stray = free_object(rng, scene.objects)
+        if not chosen or stray is None or int(t[i]) < STRAY_MIN_T or bool((ids[i] == pad).all()):
+            continue
+        with_stray = Scene(scene.objects + (stray,), scene.style, scene.name_style)
+        both = torch.from_numpy(np.stack([render(with_stray).image, render(scene).image]))
+        latents = model_cfg.to_model_space(image_to_latent(both))
+        out[i] = amplitude * (latents[0] - latents[1])
+        any_stray = True
+    return out if any_stray else None
+
+
+def noised(x0: torch.Tensor, noise: torch.Tensor, ab: torch.Tensor, stray: torch.Tensor | None = None):
+    """(x_t, ε target) at ᾱ = ab. A stray is in the input but not in the target's scene: the target
+    is the noise that leads from x_t back to x0 without it, so predicting it fades the stray out."""
+    xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+    if stray is None:
+        return xt, noise
+    return xt + ab.sqrt() * stray, noise + (ab / (1 - ab)).sqrt() * stray
+
+
 def draw_step(cfg: ToyTrainConfig, step: int, n_timesteps: int, model_cfg: ToyModelConfig | None = None):
     """Everything random about training step `step`, drawn on the CPU: (x0, token ids,
-    timesteps, noise, skip-dropout mask or None). A function of (seed, step) alone."""
-    x0, ids = make_batch(cfg, step, model_cfg=model_cfg)
+    timesteps, noise, skip-dropout mask or None, stray objects or None). A function of (seed, step) alone."""
+    model_cfg = model_cfg or ToyModelConfig()
+    scenes = []
+    x0, ids = make_batch(cfg, step, model_cfg=model_cfg, scenes=scenes)
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
     t = torch.randint(0, n_timesteps, (x0.shape[0],), generator=g)
     noise = torch.randn(x0.shape, generator=g)
@@ -117,7 +165,8 @@ def draw_step(cfg: ToyTrainConfig, step: int, n_timesteps: int, model_cfg: ToyMo
     dropped = None
     if cfg.skip_dropout > 0:   # drawn last, so runs without it draw exactly as before
         dropped = torch.rand(x0.shape[0], generator=g) < cfg.skip_dropout
-    return x0, ids, t, noise, dropped
+    stray = stray_objects(cfg, step, scenes, ids, t, model_cfg) if cfg.stray_objects > 0 else None
+    return x0, ids, t, noise, dropped, stray
 
 
 class _Steps(torch.utils.data.Dataset):
@@ -220,14 +269,14 @@ class ToyTrainer:
         """The loss of training step `step`; `drawn` = draw_step(...) of that step, if drawn ahead."""
         if drawn is None:
             drawn = draw_step(self.cfg, step, len(self.alphas_cumprod), self.model_cfg)
-        x0, ids, t, noise, dropped = (None if v is None else v.to(self.device) for v in drawn)
+        x0, ids, t, noise, dropped, stray = (None if v is None else v.to(self.device) for v in drawn)
         options = {}
         if dropped is not None:
             options = {"patches": {"output_block_patch": [skip_dropout_patch(dropped, x0.shape[-1] // 4)]}}
         ab = self.alphas_cumprod[t].view(-1, 1, 1, 1)
-        xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+        xt, target = noised(x0, noise, ab, stray)
         eps = self.unet(xt, t.float(), context=self.text(ids), transformer_options=options)
-        per_sample = (eps - noise).square().mean(dim=(1, 2, 3))
+        per_sample = (eps - target).square().mean(dim=(1, 2, 3))
         if self.cfg.min_snr_gamma > 0:
             snr = (ab / (1 - ab)).view(-1)
             per_sample = per_sample * snr.clamp(max=self.cfg.min_snr_gamma) / snr
@@ -282,9 +331,10 @@ class ToyTrainer:
         saved = json.loads(meta["train_config"])
         # The schedule's length may be extended on resume (recorded in the checkpoint's
         # "schedule" history, so the recipe stays exact); every other setting must match.
-        # A setting a run's checkpoint predates (skip_dropout, init) ran at its default.
+        # A setting a run's checkpoint predates (skip_dropout, init, stray_objects) ran at its default.
         for key in ("seed", "batch_size", "lr", "warmup", "lr_floor", "min_snr_gamma", "prompt_dropout",
-                    "omit_style", "two_object_share", "ema_decay", "weight_decay", "grad_clip", "skip_dropout", "init"):
+                    "omit_style", "two_object_share", "ema_decay", "weight_decay", "grad_clip", "skip_dropout", "init",
+                    "stray_objects"):
             started = saved_setting(saved, ToyTrainConfig, key)
             if started != getattr(self.cfg, key):
                 raise ConfigError(f"{path}: resuming with {key}={getattr(self.cfg, key)} but the run "
@@ -340,6 +390,8 @@ def train(cfg: ToyTrainConfig, model_cfg: ToyModelConfig | None = None, progress
         raise ConfigError(f"--workers must be 0 (draw batches in the loop) or more, got {cfg.workers}")
     if not 0.0 <= cfg.two_object_share <= 1.0:
         raise ConfigError(f"--two-object-share must be in 0..1, got {cfg.two_object_share}")
+    if not 0.0 <= cfg.stray_objects <= 1.0:
+        raise ConfigError(f"--stray-objects must be in 0..1, got {cfg.stray_objects}")
     if not cfg.latent_scale > 0:
         raise ConfigError(f"--latent-scale must be > 0, got {cfg.latent_scale}")
     trainer = ToyTrainer(cfg, model_cfg)   # checks the device and --init-from before anything is written
