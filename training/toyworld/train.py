@@ -52,8 +52,8 @@ class ToyTrainConfig:
     latent_scale: float = field(default=ToyModelConfig.latent_scale, metadata={
         "help": "the model works on (latent - 0.36) x this (recorded in the weights, so every loader follows it). "
                 "2.5 = unit variance, as SD's 0.18215 (the shipped recipe); smaller shifts SD1.x's schedule towards "
-                "noise: at 2.5, t = 999 still shows where the objects are, so the model learns to find them, never "
-                "to place them (the cause measured in MODEL_CARD.md). May differ from --init-from's weights"})
+                "noise (at 2.5 a training input at t = 999 still shows where the objects are). May differ from "
+                "--init-from's weights. 1.0 was tried and did not help (MODEL_CARD.md)"})
     grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clip"})
     skip_dropout: float = field(default=0.0, metadata={
         "help": "chance per scene of zeroing the U-Net's skip connections above latent/4 (24x24 and 12x12 on the "
