@@ -180,9 +180,10 @@ def test_batch_workers_train_exactly_as_the_loop_does(comfy, tmp_path):
     """Batches drawn ahead by worker processes (the GPU set-up) are the loop's own batches: a run
     with 2 workers, killed and resumed, ends bit for bit where an inline run ends."""
     from sae_concepts.training.toyworld.train import train
-    inline = train(_tiny_train_cfg(tmp_path / "a", skip_dropout=0.5), progress=False)
-    train(_tiny_train_cfg(tmp_path / "b", skip_dropout=0.5, workers=2), progress=False, stop_after=3)
-    ahead = train(_tiny_train_cfg(tmp_path / "b", skip_dropout=0.5, workers=2), progress=False)
+    extra = dict(skip_dropout=0.5, stray_objects=0.5)
+    inline = train(_tiny_train_cfg(tmp_path / "a", **extra), progress=False)
+    train(_tiny_train_cfg(tmp_path / "b", workers=2, **extra), progress=False, stop_after=3)
+    ahead = train(_tiny_train_cfg(tmp_path / "b", workers=2, **extra), progress=False)
     a, b = inline.state_tensors(), ahead.state_tensors()
     assert ahead.step == 4 and a.keys() == b.keys()
     for k in a:
@@ -259,9 +260,12 @@ def test_latent_scale_is_the_fine_tunes_own_and_travels_with_the_weights(comfy, 
     assert torch.allclose(patcher.model.process_latent_in(latent), torch.full_like(latent, 0.5))
     with pytest.raises(ConfigError, match="model config"):
         train(_tiny_train_cfg(tmp_path / "ft", init_from=str(weights), seed=5, latent_scale=2.0), progress=False)
-    with pytest.raises(ConfigError, match="--latent-scale must be > 0"):
-        train(_tiny_train_cfg(tmp_path / "neg", latent_scale=-1.0), progress=False)
+    for bad in (-1.0, float("inf")):
+        with pytest.raises(ConfigError, match="--latent-scale must be a finite number > 0"):
+            train(_tiny_train_cfg(tmp_path / "neg", latent_scale=bad), progress=False)
     assert not (tmp_path / "neg").exists()
+    with pytest.raises(ConfigError, match="the run's scale is --latent-scale"):
+        train(_tiny_train_cfg(tmp_path / "mc", latent_scale=1.0), model_cfg=ToyModelConfig(), progress=False)
 
 
 def load_file_meta(path):

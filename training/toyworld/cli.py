@@ -35,8 +35,8 @@ def cmd_evaluate(a) -> int:
     print(f"toyworld quality on {cfg.prompts} held-out prompts ({cfg.steps} steps {cfg.sampler_name}/"
           f"{cfg.scheduler}, cfg {cfg.cfg}): colour+shape {s['colour_shape']:.1%} (1 obj "
           f"{s['colour_shape_1obj']:.1%}, 2 obj {s['colour_shape_2obj']:.1%}), style {s['style']:.1%}, "
-          f"count {s['count']:.1%} (too many {s['too_many']:.1%}, too few {s['too_few']:.1%}; an object drawn "
-          f"twice {s['copy']:.1%}); bar {'passed' if s['passes_bar'] else 'NOT passed'}; metrics: {cfg.out}")
+          f"count {s['count']:.1%} (too many {s['too_many']:.1%}, too few {s['too_few']:.1%}; a colour+shape "
+          f"found twice {s['copy']:.1%}); bar {'passed' if s['passes_bar'] else 'NOT passed'}; metrics: {cfg.out}")
     return 0
 
 

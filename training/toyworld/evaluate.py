@@ -67,8 +67,9 @@ def summarise(rows: list[dict]) -> dict:
         out[f"colour_shape_{n}obj"] = rate("colour_shape", lambda r, n=n: r["n_objects"] == n)
         out[f"count_{n}obj"] = rate("count", lambda r, n=n: r["n_objects"] == n)
     out["objects_found_rate"] = round(sum(r["objects_found"] for r in rows) / sum(r["n_objects"] for r in rows), 4)
-    # How the count goes wrong: more objects than asked, or fewer; and how often one object is drawn
-    # twice (a copy: the commonest failure, with or without the right count). Shares of all samples.
+    # How the count goes wrong: more objects than asked, or fewer; and how often one colour+shape is
+    # found twice (mostly an object drawn twice, the commonest failure, with or without the right
+    # count; or one the detector splits in two). Shares of all samples.
     out["too_many"] = rate("too_many")
     out["copy"] = rate("copy")
     out["too_few"] = rate("too_few")

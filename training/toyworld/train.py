@@ -124,7 +124,7 @@ def stray_objects(cfg: ToyTrainConfig, step: int, scenes, ids: torch.Tensor, t: 
     shape (a copy of an asked object, too) at a free position; prompted scenes at t >= STRAY_MIN_T
     only: an empty prompt asks for nothing, so nothing in it is stray. Drawn from its own stream,
     so the batch's scenes and noise are those of a run without strays."""
-    rng = np.random.default_rng([cfg.seed, step, 1])
+    rng = np.random.default_rng([cfg.seed, step, 1])   # [seed, step, 0] would repeat make_batch's stream
     pad = tokenize("")[0]
     out = torch.zeros(len(scenes), model_cfg.latent_channels, model_cfg.latent_size, model_cfg.latent_size)
     any_stray = False
@@ -225,6 +225,9 @@ def training_device(name: str) -> torch.device:
 class ToyTrainer:
     def __init__(self, cfg: ToyTrainConfig, model_cfg: ToyModelConfig | None = None):
         self.cfg = cfg
+        if model_cfg is not None and model_cfg.latent_scale != cfg.latent_scale:
+            raise ConfigError(f"model config latent_scale {model_cfg.latent_scale} differs from the training config's "
+                              f"{cfg.latent_scale}; the run's scale is --latent-scale")
         self.model_cfg = replace(model_cfg or ToyModelConfig(), latent_scale=cfg.latent_scale)
         torch.manual_seed(cfg.seed)
         self.device = training_device(cfg.device)
@@ -392,8 +395,8 @@ def train(cfg: ToyTrainConfig, model_cfg: ToyModelConfig | None = None, progress
         raise ConfigError(f"--two-object-share must be in 0..1, got {cfg.two_object_share}")
     if not 0.0 <= cfg.stray_objects <= 1.0:
         raise ConfigError(f"--stray-objects must be in 0..1, got {cfg.stray_objects}")
-    if not cfg.latent_scale > 0:
-        raise ConfigError(f"--latent-scale must be > 0, got {cfg.latent_scale}")
+    if not (math.isfinite(cfg.latent_scale) and cfg.latent_scale > 0):
+        raise ConfigError(f"--latent-scale must be a finite number > 0, got {cfg.latent_scale}")
     trainer = ToyTrainer(cfg, model_cfg)   # checks the device and --init-from before anything is written
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
