@@ -126,9 +126,7 @@ def _place_objects(rng: np.random.Generator, n: int, choose) -> list[ToyObject]:
         attempts += 1
         if attempts > MAX_ATTEMPTS:
             objects, attempts = [], 0
-        size = int(rng.integers(SIZE_RANGE[0], SIZE_RANGE[1] + 1))
-        top = int(rng.integers(0, IMAGE_SIZE - size + 1))
-        left = int(rng.integers(0, IMAGE_SIZE - size + 1))
+        size, top, left = _draw_box(rng)
         picked = choose(rng, objects)
         if any(_too_close(top, left, size, o) for o in objects) or picked is None:
             continue
@@ -143,12 +141,17 @@ def free_object(rng: np.random.Generator, placed, tries: int = 100) -> ToyObject
     colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
     shape = SHAPES[int(rng.integers(len(SHAPES)))]
     for _ in range(tries):
-        size = int(rng.integers(SIZE_RANGE[0], SIZE_RANGE[1] + 1))
-        top = int(rng.integers(0, IMAGE_SIZE - size + 1))
-        left = int(rng.integers(0, IMAGE_SIZE - size + 1))
+        size, top, left = _draw_box(rng)
         if not any(_too_close(top, left, size, o) for o in placed):
             return ToyObject(colour, shape, size, top, left)
     return None
+
+
+def _draw_box(rng: np.random.Generator) -> tuple[int, int, int]:
+    """(size, top, left) of an object's bounding box, uniform over the image (this draw order is
+    part of the recipe: see _place_objects)."""
+    size = int(rng.integers(SIZE_RANGE[0], SIZE_RANGE[1] + 1))
+    return size, int(rng.integers(0, IMAGE_SIZE - size + 1)), int(rng.integers(0, IMAGE_SIZE - size + 1))
 
 
 def _too_close(top, left, size, o: ToyObject) -> bool:

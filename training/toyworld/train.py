@@ -27,7 +27,7 @@ from ...sae_core.atomic import atomic_path
 from ...sae_core.errors import ConfigError
 from ..dataclass_cli import saved_setting
 from ...host.toyworld.model import ToyModelConfig, ToyTextEncoder, build_unet, image_to_latent
-from ...host.toyworld.world import Scene, free_object, render, sample_scene, tokenize
+from ...host.toyworld.world import PAD, TOKEN_ID, Scene, free_object, render, sample_scene, tokenize
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -117,7 +117,7 @@ STRAY_MIN_T = 500                 # strays only while the layout is still being 
 STRAY_AMPLITUDE = (0.15, 0.7)     # a stray's strength, as a share of a drawn object's (the asked ones: 1)
 
 
-def stray_objects(cfg: ToyTrainConfig, step: int, scenes, ids: torch.Tensor, t: torch.Tensor,
+def stray_objects(cfg: ToyTrainConfig, step: int, scenes, x0: torch.Tensor, ids: torch.Tensor, t: torch.Tensor,
                   model_cfg: ToyModelConfig) -> torch.Tensor | None:
     """[B,12,24,24] model-space difference a x (scene with one more object - scene) for the scenes
     that get a stray at step `step` (0 elsewhere), or None if none does. A stray is any colour and
@@ -125,7 +125,7 @@ def stray_objects(cfg: ToyTrainConfig, step: int, scenes, ids: torch.Tensor, t: 
     only: an empty prompt asks for nothing, so nothing in it is stray. Drawn from its own stream,
     so the batch's scenes and noise are those of a run without strays."""
     rng = np.random.default_rng([cfg.seed, step, 1])   # [seed, step, 0] would repeat make_batch's stream
-    pad = tokenize("")[0]
+    pad = TOKEN_ID[PAD]
     out = torch.zeros(len(scenes), model_cfg.latent_channels, model_cfg.latent_size, model_cfg.latent_size)
     any_stray = False
     for i, scene in enumerate(scenes):
@@ -134,10 +134,9 @@ def stray_objects(cfg: ToyTrainConfig, step: int, scenes, ids: torch.Tensor, t: 
         stray = free_object(rng, scene.objects)
         if not chosen or stray is None or int(t[i]) < STRAY_MIN_T or bool((ids[i] == pad).all()):
             continue
-        with_stray = Scene(scene.objects + (stray,), scene.style, scene.name_style)
-        both = torch.from_numpy(np.stack([render(with_stray).image, render(scene).image]))
-        latents = model_cfg.to_model_space(image_to_latent(both))
-        out[i] = amplitude * (latents[0] - latents[1])
+        with_stray = render(Scene(scene.objects + (stray,), scene.style, scene.name_style)).image
+        x_stray = model_cfg.to_model_space(image_to_latent(torch.from_numpy(with_stray[None])))[0]
+        out[i] = amplitude * (x_stray - x0[i])    # x0[i]: the scene as make_batch rendered it
         any_stray = True
     return out if any_stray else None
 
@@ -165,7 +164,7 @@ def draw_step(cfg: ToyTrainConfig, step: int, n_timesteps: int, model_cfg: ToyMo
     dropped = None
     if cfg.skip_dropout > 0:   # drawn last, so runs without it draw exactly as before
         dropped = torch.rand(x0.shape[0], generator=g) < cfg.skip_dropout
-    stray = stray_objects(cfg, step, scenes, ids, t, model_cfg) if cfg.stray_objects > 0 else None
+    stray = stray_objects(cfg, step, scenes, x0, ids, t, model_cfg) if cfg.stray_objects > 0 else None
     return x0, ids, t, noise, dropped, stray
 
 
