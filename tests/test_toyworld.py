@@ -490,5 +490,53 @@ def test_stray_objects_are_faded_into_the_input_only_and_leave_the_default_draw_
         train(_tiny_train_cfg(tmp_path / "bad", stray_objects=2.0), progress=False)
 
 
+def test_misbound_objects_correct_a_wrong_binding_in_the_input_only(comfy, tmp_path):
+    """--misbound-objects: the batch, its timesteps, noise and strays are those of a run without
+    them; the edit stays on the asked objects' places, only in prompted scenes at t >= STRAY_MIN_T;
+    the ε target leads back to the scene as asked. The world's misbinding keeps places and sizes
+    and is always a wrong one."""
+    from sae_concepts.host.toyworld.world import misbound, tokenize
+    from sae_concepts.training.toyworld.train import (STRAY_MIN_T, ToyTrainConfig, draw_step, make_batch, noised,
+                                                       sd1_alphas_cumprod, train)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        scene = sample_scene(rng)
+        wrong = misbound(rng, scene.objects)
+        assert [(o.size, o.top, o.left) for o in wrong] == [(o.size, o.top, o.left) for o in scene.objects]
+        if len(scene.objects) == 1:
+            assert wrong != scene.objects    # one object: always another colour or shape
+        assert wrong == scene.objects or sorted(o.label for o in wrong) != sorted(o.label for o in scene.objects)
+    from sae_concepts.host.toyworld.model import ToyModelConfig, latent_to_image
+    m = ToyModelConfig()
+    cfg = dict(batch_size=32, two_object_share=0.75)
+    strays = draw_step(ToyTrainConfig(stray_objects=0.5, **cfg), 7, 1000, m)
+    both = draw_step(ToyTrainConfig(stray_objects=0.5, misbound_objects=1.0, **cfg), 7, 1000, m)
+    only = draw_step(ToyTrainConfig(misbound_objects=1.0, **cfg), 7, 1000, m)
+    for a, b in zip(strays[:4], both[:4]):
+        assert torch.equal(a, b)
+    assert torch.allclose(both[-1], strays[-1] + only[-1], atol=1e-6)   # strays unchanged, edits add up
+    x0, ids, t, noise, _, edit = only
+    scenes = []
+    make_batch(ToyTrainConfig(**cfg), 7, model_cfg=m, scenes=scenes)
+    pad = tokenize("")[0]
+    has = edit.flatten(1).abs().amax(1) > 0
+    eligible = (t >= STRAY_MIN_T) & ~(ids == pad).all(1)
+    assert has.sum() >= 4 and not (has & ~eligible).any()
+    for i in torch.nonzero(has).flatten().tolist():
+        moved = (latent_to_image(edit[i:i + 1] / m.latent_scale)[0] - 0.5).abs().amax(-1) > 1e-6
+        boxes = np.zeros_like(moved.numpy())
+        for o in scenes[i].objects:
+            boxes[o.top:o.top + o.size + 1, o.left:o.left + o.size + 1] = True
+        assert moved.sum() >= 5 and not (moved.numpy() & ~boxes).any()   # on the asked objects' places
+    ab = sd1_alphas_cumprod()[t].view(-1, 1, 1, 1)
+    xt, target = noised(x0, noise, ab, edit)
+    assert torch.allclose((xt - (1 - ab).sqrt() * target) / ab.sqrt(), x0, atol=1e-4)
+    train(_tiny_train_cfg(tmp_path / "m", misbound_objects=0.5), progress=False, stop_after=2)
+    with pytest.raises(ValueError, match="misbound_objects"):
+        train(_tiny_train_cfg(tmp_path / "m"), progress=False)     # resuming without them is refused
+    with pytest.raises(ValueError, match="--misbound-objects must be in 0..1"):
+        train(_tiny_train_cfg(tmp_path / "bad", misbound_objects=-0.1), progress=False)
+
+
 def render_masks(scene):
     return render(scene).masks.any(0)

@@ -147,6 +147,33 @@ def free_object(rng: np.random.Generator, placed, tries: int = 100) -> ToyObject
     return None
 
 
+def misbound(rng: np.random.Generator, objects) -> tuple[ToyObject, ...]:
+    """The objects drawn with a binding error of the kinds sampling makes, same sizes and places:
+    for two objects, their colours swapped, or one given the other's colour, or one given the
+    other's shape (a third each); for one object, another colour or another shape (half each).
+    The objects unchanged where that changes nothing the prompt says (two objects of one colour or
+    shape). For training (objects a prompt asks for, drawn wrong), not for the world's scenes."""
+    objects = tuple(objects)
+    i = int(rng.integers(len(objects)))
+    kind = int(rng.integers(3 if len(objects) == 2 else 2))
+    o = objects[i]
+    if len(objects) == 2:
+        other = objects[1 - i]
+        if kind == 0:      # colours swapped
+            swapped = [ToyObject(other.colour, o.shape, o.size, o.top, o.left),
+                       ToyObject(o.colour, other.shape, other.size, other.top, other.left)]
+            swapped = tuple(swapped if i == 0 else swapped[::-1])
+            return objects if sorted(w.label for w in swapped) == sorted(w.label for w in objects) else swapped
+        colour, shape = (other.colour, o.shape) if kind == 1 else (o.colour, other.shape)
+    else:
+        wrong_colours = [c for c in COLOURS if c != o.colour]
+        wrong_shapes = [s for s in SHAPES if s != o.shape]
+        pick = int(rng.integers(len(wrong_colours) if kind == 0 else len(wrong_shapes)))
+        colour, shape = (wrong_colours[pick], o.shape) if kind == 0 else (o.colour, wrong_shapes[pick])
+    return tuple(ToyObject(colour, shape, o.size, o.top, o.left) if j == i else p
+                 for j, p in enumerate(objects))
+
+
 def _draw_box(rng: np.random.Generator) -> tuple[int, int, int]:
     """(size, top, left) of an object's bounding box, uniform over the image (this draw order is
     part of the recipe: see _place_objects)."""

@@ -27,7 +27,7 @@ from ...sae_core.atomic import atomic_path
 from ...sae_core.errors import ConfigError
 from ..dataclass_cli import saved_setting
 from ...host.toyworld.model import ToyModelConfig, ToyTextEncoder, build_unet, image_to_latent
-from ...host.toyworld.world import PAD, TOKEN_ID, Scene, free_object, render, sample_scene, tokenize
+from ...host.toyworld.world import PAD, TOKEN_ID, Scene, free_object, misbound, render, sample_scene, tokenize
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -64,6 +64,11 @@ class ToyTrainConfig:
                 "t >= 500 while the target stays the scene without it, so the model learns to fade out blobs the "
                 "prompt does not ask for (how copies and third objects start in sampling); 0 = off (the shipped "
                 "recipe)"})
+    misbound_objects: float = field(default=0.0, metadata={
+        "help": "chance per prompted scene of its objects drawn with a binding error (colours swapped, one "
+                "object given the other's colour or shape; one object: a wrong colour or shape) faded into the "
+                "noisy input at t >= 500 while the target stays the scene as asked, so the model learns to "
+                "correct a wrongly bound object towards the prompt; 0 = off (the shipped recipe)"})
     init: str = field(default="torch", metadata={
         "help": "U-Net weight init: torch (PyTorch's default; the shipped recipe) or unit (size-preserving "
                 "convolutions and linears, so the low-resolution path reaches the output from the start; "
@@ -141,6 +146,29 @@ def stray_objects(cfg: ToyTrainConfig, step: int, scenes, x0: torch.Tensor, ids:
     return out if any_stray else None
 
 
+def misbound_objects(cfg: ToyTrainConfig, step: int, scenes, x0: torch.Tensor, ids: torch.Tensor, t: torch.Tensor,
+                     model_cfg: ToyModelConfig) -> torch.Tensor | None:
+    """[B,12,24,24] model-space difference a x (scene drawn with a binding error - scene) for the
+    scenes that get one at step `step` (0 elsewhere), or None if none does; the same eligibility
+    and strengths as strays (prompted scenes, t >= STRAY_MIN_T), on a stream of its own, so
+    neither the batch nor its strays change."""
+    rng = np.random.default_rng([cfg.seed, step, 2])
+    pad = TOKEN_ID[PAD]
+    out = torch.zeros(len(scenes), model_cfg.latent_channels, model_cfg.latent_size, model_cfg.latent_size)
+    any_wrong = False
+    for i, scene in enumerate(scenes):
+        chosen = rng.random() < cfg.misbound_objects
+        amplitude = rng.uniform(*STRAY_AMPLITUDE)
+        wrong = misbound(rng, scene.objects)
+        if not chosen or wrong == scene.objects or int(t[i]) < STRAY_MIN_T or bool((ids[i] == pad).all()):
+            continue
+        drawn_wrong = render(Scene(wrong, scene.style, scene.name_style)).image
+        x_wrong = model_cfg.to_model_space(image_to_latent(torch.from_numpy(drawn_wrong[None])))[0]
+        out[i] = amplitude * (x_wrong - x0[i])
+        any_wrong = True
+    return out if any_wrong else None
+
+
 def noised(x0: torch.Tensor, noise: torch.Tensor, ab: torch.Tensor, stray: torch.Tensor | None = None):
     """(x_t, ε target) at ᾱ = ab. A stray is in the input but not in the target's scene: the target
     is the noise that leads from x_t back to x0 without it, so predicting it fades the stray out."""
@@ -151,8 +179,9 @@ def noised(x0: torch.Tensor, noise: torch.Tensor, ab: torch.Tensor, stray: torch
 
 
 def draw_step(cfg: ToyTrainConfig, step: int, n_timesteps: int, model_cfg: ToyModelConfig | None = None):
-    """Everything random about training step `step`, drawn on the CPU: (x0, token ids,
-    timesteps, noise, skip-dropout mask or None, stray objects or None). A function of (seed, step) alone."""
+    """Everything random about training step `step`, drawn on the CPU: (x0, token ids, timesteps,
+    noise, skip-dropout mask or None, input-only edits (strays, misbound objects) or None).
+    A function of (seed, step) alone."""
     model_cfg = model_cfg or ToyModelConfig()
     scenes = []
     x0, ids = make_batch(cfg, step, model_cfg=model_cfg, scenes=scenes)
@@ -165,6 +194,9 @@ def draw_step(cfg: ToyTrainConfig, step: int, n_timesteps: int, model_cfg: ToyMo
     if cfg.skip_dropout > 0:   # drawn last, so runs without it draw exactly as before
         dropped = torch.rand(x0.shape[0], generator=g) < cfg.skip_dropout
     stray = stray_objects(cfg, step, scenes, x0, ids, t, model_cfg) if cfg.stray_objects > 0 else None
+    if cfg.misbound_objects > 0:   # input-only edits add up: each is a difference from the same x0
+        wrong = misbound_objects(cfg, step, scenes, x0, ids, t, model_cfg)
+        stray = wrong if stray is None else stray if wrong is None else stray + wrong
     return x0, ids, t, noise, dropped, stray
 
 
@@ -333,10 +365,10 @@ class ToyTrainer:
         saved = json.loads(meta["train_config"])
         # The schedule's length may be extended on resume (recorded in the checkpoint's
         # "schedule" history, so the recipe stays exact); every other setting must match.
-        # A setting a run's checkpoint predates (skip_dropout, init, stray_objects) ran at its default.
+        # A setting a run's checkpoint predates (skip_dropout, init, stray_objects, ...) ran at its default.
         for key in ("seed", "batch_size", "lr", "warmup", "lr_floor", "min_snr_gamma", "prompt_dropout",
                     "omit_style", "two_object_share", "ema_decay", "weight_decay", "grad_clip", "skip_dropout", "init",
-                    "stray_objects"):
+                    "stray_objects", "misbound_objects"):
             started = saved_setting(saved, ToyTrainConfig, key)
             if started != getattr(self.cfg, key):
                 raise ConfigError(f"{path}: resuming with {key}={getattr(self.cfg, key)} but the run "
@@ -394,6 +426,8 @@ def train(cfg: ToyTrainConfig, model_cfg: ToyModelConfig | None = None, progress
         raise ConfigError(f"--two-object-share must be in 0..1, got {cfg.two_object_share}")
     if not 0.0 <= cfg.stray_objects <= 1.0:
         raise ConfigError(f"--stray-objects must be in 0..1, got {cfg.stray_objects}")
+    if not 0.0 <= cfg.misbound_objects <= 1.0:
+        raise ConfigError(f"--misbound-objects must be in 0..1, got {cfg.misbound_objects}")
     if not (math.isfinite(cfg.latent_scale) and cfg.latent_scale > 0):
         raise ConfigError(f"--latent-scale must be a finite number > 0, got {cfg.latent_scale}")
     trainer = ToyTrainer(cfg, model_cfg)   # checks the device and --init-from before anything is written
