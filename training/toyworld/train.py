@@ -46,8 +46,8 @@ class ToyTrainConfig:
     prompt_dropout: float = field(default=0.1, metadata={"help": "fraction of empty prompts (for CFG)"})
     omit_style: float = field(default=0.1, metadata={"help": "fraction of prompts that leave the style unnamed"})
     two_object_share: float = field(default=0.5, metadata={
-        "help": "share of training scenes with two objects (0..1). 0.5 = the world's own balanced draw (the shipped "
-                "recipe); more trains harder on the two-object prompts that fail most. Evaluation stays balanced"})
+        "help": "share of training scenes with two objects (0..1). 0.5 = the world's own balanced draw (v3's "
+                "recipe; v5's fine-tunes used 0.75); more trains harder on the two-object prompts that fail most. Evaluation stays balanced"})
     offset_noise: float = field(default=0.1, metadata={"help": "std of a per-channel constant added to the noise (teaches that a noise offset is not image colour); may change on resume"})
     latent_scale: float = field(default=ToyModelConfig.latent_scale, metadata={
         "help": "the model works on (latent - 0.36) x this (recorded in the weights, so every loader follows it). "
@@ -62,19 +62,20 @@ class ToyTrainConfig:
     stray_objects: float = field(default=0.0, metadata={
         "help": "chance per prompted scene of a stray object (not in the prompt) faded into the noisy input at "
                 "t >= 500 while the target stays the scene without it, so the model learns to fade out blobs the "
-                "prompt does not ask for (how copies and third objects start in sampling); 0 = off (the shipped "
-                "recipe)"})
+                "prompt does not ask for (how copies and third objects start in sampling); 0 = off (v3's recipe; "
+                "v5's last two stages used 0.5)"})
     misbound_objects: float = field(default=0.0, metadata={
         "help": "chance per prompted scene of its objects drawn with a binding error (colours swapped, one "
-                "object given the other's colour or shape; one object: a wrong colour or shape) faded into the "
-                "noisy input at t >= 500 while the target stays the scene as asked, so the model learns to "
-                "correct a wrongly bound object towards the prompt; 0 = off (the shipped recipe)"})
+                "object given the other's colour or shape; one object: a wrong colour or shape; an error that "
+                "changes nothing the prompt says is skipped) faded into the noisy input at t >= 500 while the "
+                "target stays the scene as asked, so the model learns to correct a wrongly bound object towards "
+                "the prompt; 0 = off (v3's recipe; v5's last stage used 0.5)"})
     init: str = field(default="torch", metadata={
         "help": "U-Net weight init: torch (PyTorch's default; the shipped recipe) or unit (size-preserving "
                 "convolutions and linears, so the low-resolution path reaches the output from the start; "
                 "see host/toyworld/model.build_unet)"})
     init_from: str = field(default="", metadata={
-        "help": "start from an exported Toy World weights file (e.g. the shipped toyworld_v3.safetensors: its "
+        "help": "start from an exported Toy World weights file (e.g. the shipped toyworld_v5.safetensors: its "
                 "EMA weights, fp16 -> fp32) instead of a fresh init: a fine-tune with a new AdamW, warm-up and "
                 "schedule; the file's SHA-256 is recorded, and a resume checks it. Use a --seed other than the "
                 "weights' own, or the fine-tune sees their first batches again"})
@@ -119,7 +120,9 @@ def make_batch(cfg: ToyTrainConfig, step: int, batch_size: int | None = None,
 
 
 STRAY_MIN_T = 500                 # strays only while the layout is still being decided (t >= 500)
-STRAY_AMPLITUDE = (0.15, 0.7)     # a stray's strength, as a share of a drawn object's (the asked ones: 1)
+# A stray's strength, as a share of a drawn object's (the asked ones: 1); for a misbound scene, the
+# weight of the wrong drawing in the blend of the two.
+STRAY_AMPLITUDE = (0.15, 0.7)
 
 
 def stray_objects(cfg: ToyTrainConfig, step: int, scenes, x0: torch.Tensor, ids: torch.Tensor, t: torch.Tensor,
@@ -152,7 +155,7 @@ def misbound_objects(cfg: ToyTrainConfig, step: int, scenes, x0: torch.Tensor, i
     scenes that get one at step `step` (0 elsewhere), or None if none does; the same eligibility
     and strengths as strays (prompted scenes, t >= STRAY_MIN_T), on a stream of its own, so
     neither the batch nor its strays change."""
-    rng = np.random.default_rng([cfg.seed, step, 2])
+    rng = np.random.default_rng([cfg.seed, step, 2])   # 0 is make_batch's stream ([seed, step]), 1 the strays'
     pad = TOKEN_ID[PAD]
     out = torch.zeros(len(scenes), model_cfg.latent_channels, model_cfg.latent_size, model_cfg.latent_size)
     any_wrong = False
@@ -170,8 +173,9 @@ def misbound_objects(cfg: ToyTrainConfig, step: int, scenes, x0: torch.Tensor, i
 
 
 def noised(x0: torch.Tensor, noise: torch.Tensor, ab: torch.Tensor, stray: torch.Tensor | None = None):
-    """(x_t, ε target) at ᾱ = ab. A stray is in the input but not in the target's scene: the target
-    is the noise that leads from x_t back to x0 without it, so predicting it fades the stray out."""
+    """(x_t, ε target) at ᾱ = ab. An input-only edit (stray objects, misbound objects) is in the input
+    but not in the target's scene: the target is the noise that leads from x_t back to x0 without it,
+    so predicting it undoes the edit."""
     xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
     if stray is None:
         return xt, noise
