@@ -64,7 +64,7 @@ class LoadToyWorld(io.ComfyNode):
                         "node works on it. Prompt words: " + ", ".join(VOCAB[1:]) + ".",
             inputs=[io.Combo.Input("weights", options=files, default=SHIPPED_WEIGHTS.name if SHIPPED_WEIGHTS.name in files
                                    else (files[0] if files else None),
-                                   tooltip="Toy World weights: the shipped toyworld_v3.safetensors, or a file in "
+                                   tooltip="Toy World weights: the shipped toyworld_v5.safetensors, or a file in "
                                            "models/toyworld from `sae-concepts toyworld train`.")],
             outputs=[io.Model.Output(display_name="MODEL", tooltip="The U-Net, for KSampler and the steer nodes."),
                      io.Clip.Output(display_name="CLIP", tooltip="Its tiny text encoder, for CLIP Text Encode."),

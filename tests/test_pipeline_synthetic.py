@@ -99,7 +99,7 @@ def test_dictionary_needs_all_positions(tmp_path, pipeline):
 
 def test_demo_end_to_end(tmp_path, capsys):
     """The README's main job, without ComfyUI: every stage checked against the planted truth."""
-    assert cli.main(["demo", "--out", str(tmp_path / "demo"), "--quiet", "--comfyui", "off"]) == 0
+    assert cli.main(["demo", "--world", "synthetic", "--out", str(tmp_path / "demo"), "--quiet", "--comfyui", "off"]) == 0
     out = capsys.readouterr().out
     assert "SYNTHETIC DEMO" in out and "all planted concepts recovered and labelled" in out
     summary = json.loads((tmp_path / "demo" / "demo_summary.json").read_text())
@@ -116,7 +116,7 @@ def test_demo_end_to_end(tmp_path, capsys):
     # Resuming a finished demo redoes nothing and gives the same SAEs.
     from sae_concepts.sae_core import load_sae
     before = load_sae(tmp_path / "demo" / "sae_set.safetensors")
-    assert cli.main(["demo", "--out", str(tmp_path / "demo"), "--quiet", "--comfyui", "off"]) == 0
+    assert cli.main(["demo", "--world", "synthetic", "--out", str(tmp_path / "demo"), "--quiet", "--comfyui", "off"]) == 0
     after = load_sae(tmp_path / "demo" / "sae_set.safetensors")
     for a, b in zip(before, after):
         assert a.info == b.info and torch.equal(a.sae.W_dec, b.sae.W_dec)

@@ -159,10 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the whole pipeline on a built-in world with known answers, checked against them",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d.add_argument("--out", default="sae_concepts_demo", help="output folder (resumes if it exists)")
-    d.add_argument("--world", choices=WORLDS, default=WORLDS[0],
-                   help="synthetic: planted concepts laid out in space (activations, masks and labels known; every "
-                        "stage checked against them); toy: the paper's loop on the shipped Toy World diffusion model "
-                        "(needs ComfyUI; a few CPU minutes; falls back to synthetic, saying why, where it cannot run)")
+    d.add_argument("--world", choices=WORLDS, default="toy",
+                   help="toy: the paper's loop on the shipped Toy World diffusion model (needs ComfyUI; a few CPU "
+                        "minutes; falls back to synthetic, saying why in one line, where it cannot run); synthetic: "
+                        "planted concepts laid out in space (activations, masks and labels known; every stage checked "
+                        "against them; the tests' world)")
     d.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="training passes over the train split")
     d.add_argument("--keep-activations", action="store_true",
                    help="keep the train and held-out activations (~150 MB; by default removed once used)")

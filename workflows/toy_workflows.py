@@ -11,9 +11,9 @@ import json
 
 TOY_LOAD, TOY_LATENT, QUADRANT = ("SAEConcepts_LoadToyWorld", "SAEConcepts_ToyWorldEmptyLatent",
                                   "SAEConcepts_QuadrantMask")
-WEIGHTS = "toyworld_v3.safetensors"
-TOY_SAE = "toyworld_v3_sae_set.safetensors"
-TOY_DICTIONARY = "toyworld_v3_concept_dictionary.json"
+WEIGHTS = "toyworld_v5.safetensors"
+TOY_SAE = "toyworld_v5_sae_set.safetensors"
+TOY_DICTIONARY = "toyworld_v5_concept_dictionary.json"
 TOY_SOCKETS = {TOY_LOAD: ([], [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
                TOY_LATENT: ([], [("LATENT", "LATENT")]), QUADRANT: ([], [("MASK", "MASK")])}
 TOY_SIZES = {TOY_LOAD: (320, 60), TOY_LATENT: (320, 110), QUADRANT: (320, 110)}
@@ -26,7 +26,7 @@ SETTINGS = {
                         prompt="yellow triangle on checkered background", seed=4),
     "style": dict(concept="striped", beta=8.0, normalisation="mean", window=(0.4, 0.8),
                   prompt="green triangle on plain background", seed=2),
-    # down block: on the shipped toy the mid block's dictionary names the styles and three squares only
+    # down block: on the shipped toy the mid block's dictionary names the styles, three squares and a blue circle
     "concept_map": dict(concept="red circle", block="input_blocks.8.1",
                         prompt="red circle and blue triangle on dotted background", seed=3),
     "suppression": dict(concept="red circle", beta=-64.0, normalisation="mean", window=(0.0, 1.0),
@@ -98,8 +98,9 @@ def builders(ns: dict) -> tuple:
         note(g, f"Toy World style steering. GlobalStyleSteer pushes the '{s['concept']}' concepts at every position "
                 f"of the three blocks in the middle window (0.4-0.8), beta {s['beta']:g} with normalisation "
                 f"'{s['normalisation']}' (see the README for why). On the shipped Toy World no beta or normalisation "
-                f"measured changed the detected style (README, table (c)): its image hardly depends on these "
-                f"blocks (table (e)). This graph shows the wiring, not a working style edit.\n\n{VOCAB_NOTE}", 2, 240)
+                f"measured changed the detected style in the middle window, and in the late one at most 1 image in 8 "
+                f"(README, table (c)): its image hardly depends on these blocks (table (e)). This graph shows the "
+                f"wiring, not a working style edit.\n\n{VOCAB_NOTE}", 2, 240)
         steered_beside_unsteered(g, steer, toy, pos, neg, lat, s["seed"], "style")
         g.save("toyworld_style")
 
@@ -122,7 +123,8 @@ def builders(ns: dict) -> tuple:
         g.link(m2i, 0, msave, "images")
         note(g, "Concept map on the Toy World: ConceptMapPreview stops at the first step (pure noise, the paper's "
                 f"t = 1.0) and shows the strongest SAE concept at each position of {s['block']} (the down block: on "
-                f"this model the mid block's dictionary names the styles and only three squares); the final image (same seed) shows "
+                f"this model the mid block's dictionary names the styles and only three squares and a blue circle); "
+                f"the final image (same seed) shows "
                 f"where the objects ended up.\n\n{VOCAB_NOTE}", 0, 220)
         sample_and_save(g, (toy, 0), toy, pos, neg, lat, s["seed"], "sae_concepts/toyworld_concept_map_final",
                         "Final image (same seed)", col=5)
@@ -152,7 +154,7 @@ def builders(ns: dict) -> tuple:
 # the toy prompt and seed, the toy word each steer or concept map uses, and a beta only where the
 # workflow's own changes nothing visible on the toy (then `note`, in the caption, says so). Window,
 # rows and mode stay the workflow's own; the sampler becomes the toy's (TOY_SAMPLER).
-BLOB = "On the toy the spatial steer disturbs the picture, most in the region, but draws no red circle (README)."
+BLOB = "On the toy the early spatial steer breaks up the picture but draws no red circle (README)."
 ON_TOY = {
     "composition_spatial_steer": dict(prompt=SETTINGS["composition"]["prompt"], seed=4, spatial="red circle",
                                       note=BLOB),
@@ -167,8 +169,8 @@ ON_TOY = {
                                        style="striped", note=BLOB),
     "sdxl_turbo_sdlens_paint": dict(prompt=SETTINGS["composition"]["prompt"], seed=4, spatial="red circle",
                                     beta=1000.0, note="Strength 1000, not the workflow's 10, which changes nothing "
-                                    "visible on the toy; the background breaks up and a second triangle appears, "
-                                    "no red circle. "
+                                    "visible on the toy; the triangle moves, a small second one appears and the "
+                                    "background partly breaks up; no red circle. "
                                     "Feature means measured on toy samples."),
     "flux_activation_addition": dict(prompt=SETTINGS["composition"]["prompt"], seed=4, spatial="red circle",
                                      beta=64.0, note="beta 64, not the workflow's 0.8, which changes nothing "
@@ -176,7 +178,7 @@ ON_TOY = {
 }
 # SDLens paint scales by each feature's mean activation, which the toy SAE set does not carry: the
 # host test writes the set with those means measured on toy samples under this name.
-TOY_SAE_WITH_MEANS = "toyworld_v3_sae_set_with_means.safetensors"
+TOY_SAE_WITH_MEANS = "toyworld_v5_sae_set_with_means.safetensors"
 MODEL_LOADERS = {"CheckpointLoaderSimple": None, "UNETLoader": 0, "DualCLIPLoader": 1, "VAELoader": 2}
 STEERS = {"SAEConcepts_SpatialConceptSteer": "spatial", "SAEConcepts_GlobalStyleSteer": "style"}
 

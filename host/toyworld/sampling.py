@@ -28,7 +28,7 @@ from .model import ToyModelConfig, ToyTextEncoder, image_to_latent, latent_to_im
 from .world import tokenize
 
 FORMAT = "sae-concepts-toyworld-v1"
-SHIPPED_WEIGHTS = Path(__file__).parent / "weights" / "toyworld_v3.safetensors"
+SHIPPED_WEIGHTS = Path(__file__).parent / "weights" / "toyworld_v5.safetensors"
 # Drawing a prompt well: the sampler of the model card's quality figures (`toyworld evaluate`),
 # chosen on a validation stream of prompts (model card: ancestral samplers draw the asked objects
 # more often than DDIM at the same 25 steps).
