@@ -47,7 +47,8 @@ class ToyTrainConfig:
     omit_style: float = field(default=0.1, metadata={"help": "fraction of prompts that leave the style unnamed"})
     two_object_share: float = field(default=0.5, metadata={
         "help": "share of training scenes with two objects (0..1). 0.5 = the world's own balanced draw (v3's "
-                "recipe; v5's fine-tunes used 0.75); more trains harder on the two-object prompts that fail most. Evaluation stays balanced"})
+                "recipe; v5's fine-tunes used 0.75); more trains harder on the two-object prompts that fail most. "
+                "Evaluation stays balanced"})
     offset_noise: float = field(default=0.1, metadata={"help": "std of a per-channel constant added to the noise (teaches that a noise offset is not image colour); may change on resume"})
     latent_scale: float = field(default=ToyModelConfig.latent_scale, metadata={
         "help": "the model works on (latent - 0.36) x this (recorded in the weights, so every loader follows it). "
@@ -125,51 +126,47 @@ STRAY_MIN_T = 500                 # strays only while the layout is still being 
 STRAY_AMPLITUDE = (0.15, 0.7)
 
 
-def stray_objects(cfg: ToyTrainConfig, step: int, scenes, x0: torch.Tensor, ids: torch.Tensor, t: torch.Tensor,
-                  model_cfg: ToyModelConfig) -> torch.Tensor | None:
-    """[B,12,24,24] model-space difference a x (scene with one more object - scene) for the scenes
-    that get a stray at step `step` (0 elsewhere), or None if none does. A stray is any colour and
-    shape (a copy of an asked object, too) at a free position; prompted scenes at t >= STRAY_MIN_T
-    only: an empty prompt asks for nothing, so nothing in it is stray. Drawn from its own stream,
-    so the batch's scenes and noise are those of a run without strays."""
-    rng = np.random.default_rng([cfg.seed, step, 1])   # [seed, step, 0] would repeat make_batch's stream
+def faded_edits(share: float, stream: int, propose, cfg: ToyTrainConfig, step: int, scenes, x0: torch.Tensor,
+                ids: torch.Tensor, t: torch.Tensor, model_cfg: ToyModelConfig) -> torch.Tensor | None:
+    """[B,12,24,24] model-space difference a x (proposed scene - scene) for the scenes that get an
+    edit at step `step` (0 elsewhere), or None if none does. `propose(rng, scene)` gives the objects
+    to draw instead, or None for no edit. Prompted scenes at t >= STRAY_MIN_T only (an empty prompt
+    asks for nothing, so nothing in it is wrong). Drawn from the stream [seed, step, stream] (0 is
+    make_batch's, [seed, step]), each scene's draws taken whether it is edited or not, so neither
+    the batch nor another kind of edit changes with this one."""
+    rng = np.random.default_rng([cfg.seed, step, stream])
     pad = TOKEN_ID[PAD]
     out = torch.zeros(len(scenes), model_cfg.latent_channels, model_cfg.latent_size, model_cfg.latent_size)
-    any_stray = False
+    any_edit = False
     for i, scene in enumerate(scenes):
-        chosen = rng.random() < cfg.stray_objects
+        chosen = rng.random() < share
         amplitude = rng.uniform(*STRAY_AMPLITUDE)
+        objects = propose(rng, scene)
+        if not chosen or objects is None or int(t[i]) < STRAY_MIN_T or bool((ids[i] == pad).all()):
+            continue
+        edited = render(Scene(objects, scene.style, scene.name_style)).image
+        x_edited = model_cfg.to_model_space(image_to_latent(torch.from_numpy(edited[None])))[0]
+        out[i] = amplitude * (x_edited - x0[i])    # x0[i]: the scene as make_batch rendered it
+        any_edit = True
+    return out if any_edit else None
+
+
+def stray_objects(cfg: ToyTrainConfig, step: int, scenes, x0, ids, t, model_cfg: ToyModelConfig):
+    """faded_edits of strays (stream 1): one more object, any colour and shape (a copy of an asked
+    object, too), at a free position."""
+    def with_stray(rng, scene):
         stray = free_object(rng, scene.objects)
-        if not chosen or stray is None or int(t[i]) < STRAY_MIN_T or bool((ids[i] == pad).all()):
-            continue
-        with_stray = render(Scene(scene.objects + (stray,), scene.style, scene.name_style)).image
-        x_stray = model_cfg.to_model_space(image_to_latent(torch.from_numpy(with_stray[None])))[0]
-        out[i] = amplitude * (x_stray - x0[i])    # x0[i]: the scene as make_batch rendered it
-        any_stray = True
-    return out if any_stray else None
+        return None if stray is None else scene.objects + (stray,)
+    return faded_edits(cfg.stray_objects, 1, with_stray, cfg, step, scenes, x0, ids, t, model_cfg)
 
 
-def misbound_objects(cfg: ToyTrainConfig, step: int, scenes, x0: torch.Tensor, ids: torch.Tensor, t: torch.Tensor,
-                     model_cfg: ToyModelConfig) -> torch.Tensor | None:
-    """[B,12,24,24] model-space difference a x (scene drawn with a binding error - scene) for the
-    scenes that get one at step `step` (0 elsewhere), or None if none does; the same eligibility
-    and strengths as strays (prompted scenes, t >= STRAY_MIN_T), on a stream of its own, so
-    neither the batch nor its strays change."""
-    rng = np.random.default_rng([cfg.seed, step, 2])   # 0 is make_batch's stream ([seed, step]), 1 the strays'
-    pad = TOKEN_ID[PAD]
-    out = torch.zeros(len(scenes), model_cfg.latent_channels, model_cfg.latent_size, model_cfg.latent_size)
-    any_wrong = False
-    for i, scene in enumerate(scenes):
-        chosen = rng.random() < cfg.misbound_objects
-        amplitude = rng.uniform(*STRAY_AMPLITUDE)
+def misbound_objects(cfg: ToyTrainConfig, step: int, scenes, x0, ids, t, model_cfg: ToyModelConfig):
+    """faded_edits of misbound objects (stream 2): the asked objects drawn with a binding error
+    (world.misbound); none where the error would change nothing the prompt says."""
+    def misbound_scene(rng, scene):
         wrong = misbound(rng, scene.objects)
-        if not chosen or wrong == scene.objects or int(t[i]) < STRAY_MIN_T or bool((ids[i] == pad).all()):
-            continue
-        drawn_wrong = render(Scene(wrong, scene.style, scene.name_style)).image
-        x_wrong = model_cfg.to_model_space(image_to_latent(torch.from_numpy(drawn_wrong[None])))[0]
-        out[i] = amplitude * (x_wrong - x0[i])
-        any_wrong = True
-    return out if any_wrong else None
+        return None if wrong == scene.objects else wrong
+    return faded_edits(cfg.misbound_objects, 2, misbound_scene, cfg, step, scenes, x0, ids, t, model_cfg)
 
 
 def noised(x0: torch.Tensor, noise: torch.Tensor, ab: torch.Tensor, stray: torch.Tensor | None = None):
