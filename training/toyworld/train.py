@@ -169,14 +169,14 @@ def misbound_objects(cfg: ToyTrainConfig, step: int, scenes, x0, ids, t, model_c
     return faded_edits(cfg.misbound_objects, 2, misbound_scene, cfg, step, scenes, x0, ids, t, model_cfg)
 
 
-def noised(x0: torch.Tensor, noise: torch.Tensor, ab: torch.Tensor, stray: torch.Tensor | None = None):
+def noised(x0: torch.Tensor, noise: torch.Tensor, ab: torch.Tensor, edit: torch.Tensor | None = None):
     """(x_t, ε target) at ᾱ = ab. An input-only edit (stray objects, misbound objects) is in the input
     but not in the target's scene: the target is the noise that leads from x_t back to x0 without it,
     so predicting it undoes the edit."""
     xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-    if stray is None:
+    if edit is None:
         return xt, noise
-    return xt + ab.sqrt() * stray, noise + (ab / (1 - ab)).sqrt() * stray
+    return xt + ab.sqrt() * edit, noise + (ab / (1 - ab)).sqrt() * edit
 
 
 def draw_step(cfg: ToyTrainConfig, step: int, n_timesteps: int, model_cfg: ToyModelConfig | None = None):
@@ -194,11 +194,14 @@ def draw_step(cfg: ToyTrainConfig, step: int, n_timesteps: int, model_cfg: ToyMo
     dropped = None
     if cfg.skip_dropout > 0:   # drawn last, so runs without it draw exactly as before
         dropped = torch.rand(x0.shape[0], generator=g) < cfg.skip_dropout
-    stray = stray_objects(cfg, step, scenes, x0, ids, t, model_cfg) if cfg.stray_objects > 0 else None
-    if cfg.misbound_objects > 0:   # input-only edits add up: each is a difference from the same x0
-        wrong = misbound_objects(cfg, step, scenes, x0, ids, t, model_cfg)
-        stray = wrong if stray is None else stray if wrong is None else stray + wrong
-    return x0, ids, t, noise, dropped, stray
+    edits = []   # input-only edits add up: each is a difference from the same x0
+    if cfg.stray_objects > 0:
+        edits.append(stray_objects(cfg, step, scenes, x0, ids, t, model_cfg))
+    if cfg.misbound_objects > 0:
+        edits.append(misbound_objects(cfg, step, scenes, x0, ids, t, model_cfg))
+    edits = [e for e in edits if e is not None]
+    edit = sum(edits[1:], edits[0]) if edits else None
+    return x0, ids, t, noise, dropped, edit
 
 
 class _Steps(torch.utils.data.Dataset):
@@ -304,12 +307,12 @@ class ToyTrainer:
         """The loss of training step `step`; `drawn` = draw_step(...) of that step, if drawn ahead."""
         if drawn is None:
             drawn = draw_step(self.cfg, step, len(self.alphas_cumprod), self.model_cfg)
-        x0, ids, t, noise, dropped, stray = (None if v is None else v.to(self.device) for v in drawn)
+        x0, ids, t, noise, dropped, edit = (None if v is None else v.to(self.device) for v in drawn)
         options = {}
         if dropped is not None:
             options = {"patches": {"output_block_patch": [skip_dropout_patch(dropped, x0.shape[-1] // 4)]}}
         ab = self.alphas_cumprod[t].view(-1, 1, 1, 1)
-        xt, target = noised(x0, noise, ab, stray)
+        xt, target = noised(x0, noise, ab, edit)
         eps = self.unet(xt, t.float(), context=self.text(ids), transformer_options=options)
         per_sample = (eps - target).square().mean(dim=(1, 2, 3))
         if self.cfg.min_snr_gamma > 0:
