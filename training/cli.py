@@ -176,35 +176,36 @@ def build_parser() -> argparse.ArgumentParser:
     from ..sae_core import TrainConfig
     from .collect.collect import CollectConfig
     from .dataclass_cli import add_dataclass_args
-    from .train.train import TrainCommandConfig
-    c = sub.add_parser("collect", help="record Delta at transformer blocks while sampling an SD1.x, SDXL or Flux model")
-    add_dataclass_args(c, CollectConfig)
-    c.add_argument("--quiet", action="store_true", help="no progress bar")
-    c.set_defaults(func=cmd_collect)
-    t = sub.add_parser("train", help="train one SAE per (block, t, cond) from collected shards")
-    add_dataclass_args(t, TrainCommandConfig)
-    add_dataclass_args(t, TrainConfig)
-    t.add_argument("--quiet", action="store_true", help="no progress bars")
-    t.set_defaults(func=cmd_train)
-    from .itda.itda import ItdaCommandConfig
-    it = sub.add_parser("itda", help="grow one ITDA dictionary (real activations as atoms) per (block, t, cond)")
-    add_dataclass_args(it, ItdaCommandConfig)
-    it.add_argument("--quiet", action="store_true", help="no progress bars")
-    it.set_defaults(func=cmd_itda)
     from .dictionary.dictionary import DictionaryConfig
-    from .evaluate.evaluate import EvaluateConfig
-    dc = sub.add_parser("dictionary", help="label concepts with the objects their activation maps cover")
+    from .itda.itda import ItdaCommandConfig
     from .segment.segment import SegmentConfig
-    add_dataclass_args(dc, DictionaryConfig)
-    add_dataclass_args(dc, SegmentConfig)
-    dc.add_argument("--quiet", action="store_true", help="no progress bars")
-    dc.set_defaults(func=cmd_dictionary)
-    sg = sub.add_parser("segment", help="object masks for collected images: tags -> Grounding DINO -> SAM")
-    sg.add_argument("--shards", default="", help="collection folder (with images/)")
-    sg.add_argument("--masks", default="", help="masks folder to write (default: <shards>/masks)")
-    add_dataclass_args(sg, SegmentConfig)
-    sg.add_argument("--quiet", action="store_true", help="no progress bars")
-    sg.set_defaults(func=cmd_segment)
+    from .train.train import TrainCommandConfig
+
+    def stage(name, help, configs, func, extra=None, bars="no progress bars"):
+        """A pipeline stage whose options are its config dataclasses' fields, plus --quiet."""
+        s = sub.add_parser(name, help=help)
+        if extra:
+            extra(s)
+        for config in configs:
+            add_dataclass_args(s, config)
+        s.add_argument("--quiet", action="store_true", help=bars)
+        s.set_defaults(func=func)
+
+    stage("collect", "record Delta at transformer blocks while sampling an SD1.x, SDXL or Flux model",
+          [CollectConfig], cmd_collect, bars="no progress bar")
+    stage("train", "train one SAE per (block, t, cond) from collected shards",
+          [TrainCommandConfig, TrainConfig], cmd_train)
+    stage("itda", "grow one ITDA dictionary (real activations as atoms) per (block, t, cond)",
+          [ItdaCommandConfig], cmd_itda)
+    stage("dictionary", "label concepts with the objects their activation maps cover",
+          [DictionaryConfig, SegmentConfig], cmd_dictionary)
+
+    def segment_folders(s):
+        s.add_argument("--shards", default="", help="collection folder (with images/)")
+        s.add_argument("--masks", default="", help="masks folder to write (default: <shards>/masks)")
+    stage("segment", "object masks for collected images: tags -> Grounding DINO -> SAM",
+          [SegmentConfig], cmd_segment, extra=segment_folders)
+    from .evaluate.evaluate import EvaluateConfig
     ev = sub.add_parser("evaluate", help="FVU, L0, dead fraction, dictionary quality, composition IoU")
     add_dataclass_args(ev, EvaluateConfig)
     ev.set_defaults(func=cmd_evaluate)
