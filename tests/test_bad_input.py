@@ -553,6 +553,9 @@ SWEEP = [
     (["segment", "--shards", "{r}/eval", "--masks", "{r}/sm", "--sam", "{r}/sam"], "needs both --grounding-dino and --sam"),
     # demo, info
     (["demo", "--epochs", "0", "--out", "{r}/demo"], "--epochs must be positive"),
+    (["demo", "--comfyui", "on", "--out", "{r}/demo"], "--comfyui: for the synthetic world only"),
+    (["demo", "--epochs", "2", "--keep-activations", "--out", "{r}/demo"],
+     "--epochs, --keep-activations: for the synthetic world only"),
     (["info", "{r}/nothere.safetensors"], "no such file or folder"),
     (["info", "{r}/not_json.json"], "unknown format"),
 ]

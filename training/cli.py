@@ -11,11 +11,18 @@ from ..sae_core.errors import ConfigError
 
 
 def cmd_demo(a) -> int:
-    from .demo.demo import DEAD_NOTE, format_truth, run_demo
+    from .demo.demo import DEAD_NOTE, DEFAULT_EPOCHS, format_truth, run_demo
     from .evaluate.evaluate import METRICS_LEGEND, block_then_t_down, format_table
-    if a.epochs <= 0:
+    if a.epochs is not None and a.epochs <= 0:
         raise ConfigError(f"--epochs must be positive, got {a.epochs}")
     if a.world == "toy":
+        # The toy demo has fixed sizes and no smoke run: say so rather than ignore what was asked.
+        synthetic_only = [flag for flag, given in (("--epochs", a.epochs is not None),
+                                                   ("--comfyui", a.comfyui is not None),
+                                                   ("--keep-activations", a.keep_activations)) if given]
+        if synthetic_only:
+            raise ConfigError(f"{', '.join(synthetic_only)}: for the synthetic world only; add --world synthetic, "
+                              f"or leave {'them' if len(synthetic_only) > 1 else 'it'} out for the Toy World demo")
         from .demo.toy_demo import run_toy_demo, toy_world_unavailable
         reason = toy_world_unavailable()
         if reason is None:
@@ -24,7 +31,7 @@ def cmd_demo(a) -> int:
             return 0
         print(f"Toy World unavailable: {reason}; running the synthetic world instead")
         a.world = "synthetic"
-    summary = run_demo(Path(a.out), epochs=a.epochs, comfyui=a.comfyui, progress=not a.quiet,
+    summary = run_demo(Path(a.out), epochs=a.epochs or DEFAULT_EPOCHS, comfyui=a.comfyui or "off", progress=not a.quiet,
                        keep_activations=a.keep_activations, world=a.world)
     print("SYNTHETIC DEMO: planted concepts laid out in space, not a diffusion model (see README)")
     print(format_table(sorted(summary["metrics"], key=block_then_t_down)))
@@ -152,25 +159,35 @@ def cmd_info(a) -> int:
     return 0
 
 
+class DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where None means 'not given' (the help says the default)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sae-concepts", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     from .demo.demo import DEFAULT_EPOCHS, WORLDS
-    d = sub.add_parser("demo", help="the whole pipeline on a built-in world with known answers, checked against them",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = sub.add_parser("demo", help="the paper's loop on a built-in world: the shipped Toy World model, or planted "
+                                    "synthetic activations checked against the truth",
+                       formatter_class=DefaultsShown)
     d.add_argument("--out", default="sae_concepts_demo", help="output folder (resumes if it exists)")
     d.add_argument("--world", choices=WORLDS, default="toy",
                    help="toy: the paper's loop on the shipped Toy World diffusion model (needs ComfyUI; a few CPU "
                         "minutes; falls back to synthetic, saying why in one line, where it cannot run); synthetic: "
                         "planted concepts laid out in space (activations, masks and labels known; every stage checked "
                         "against them; the tests' world)")
-    d.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="training passes over the train split")
+    d.add_argument("--epochs", type=int, default=None,
+                   help=f"synthetic world: training passes over the train split (default {DEFAULT_EPOCHS})")
     d.add_argument("--keep-activations", action="store_true",
-                   help="keep the train and held-out activations (~150 MB; by default removed once used)")
-    d.add_argument("--comfyui", choices=["auto", "on", "off"], default="off",
-                   help="also collect for real through ComfyUI on a random-weight SD1.5 checkpoint (writes "
-                        "1.2 GiB once, U-Net in fp8, and takes minutes on a CPU; auto: if ComfyUI is found and "
-                        "importable)")
+                   help="synthetic world: keep the train and held-out activations (~150 MB; by default removed "
+                        "once used)")
+    d.add_argument("--comfyui", choices=["auto", "on", "off"], default=None,
+                   help="synthetic world: also collect for real through ComfyUI on a random-weight SD1.5 checkpoint "
+                        "(writes 1.2 GiB once, U-Net in fp8, and takes minutes on a CPU; auto: if ComfyUI is found "
+                        "and importable; default off)")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_demo)
     from ..sae_core import TrainConfig

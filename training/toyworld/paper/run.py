@@ -39,7 +39,9 @@ def run_paper(cfg: ToyPaperConfig, progress: bool = True) -> dict:
         steering = run_steering(cfg, model, clip, comp["sae"], steer_dict, progress)
         sensitivity = run_sensitivity(cfg, model, clip, progress)
     meta = weights_metadata(cfg.weights)
-    info = {"weights": Path(cfg.weights).name, "step": meta.get("step"), "steps": cfg.steps, "cfg": cfg.cfg,
+    # A fine-tune's file records only its own stage's steps: say so, not "step 5000" for a model trained far longer.
+    trained = f"step {meta.get('step')}" + (" of its last fine-tuning stage" if meta.get("init_from_sha256") else "")
+    info = {"weights": Path(cfg.weights).name, "step": meta.get("step"), "trained": trained, "steps": cfg.steps, "cfg": cfg.cfg,
             "images": f"{cfg.train_images} train / {cfg.heldout_images} dictionary / {cfg.eval_images} eval images, "
                       f"{cfg.steer_images} per steering condition"}
     rows = json.loads(Path(comp["metrics"]).read_text())["rows"]
@@ -53,7 +55,7 @@ def run_paper(cfg: ToyPaperConfig, progress: bool = True) -> dict:
     if steering:
         import shutil
         beta = max(float(b) for b in cfg.spatial_betas.split(","))
-        figure = spatial_figure(out, beta, title=f"Spatial steering, {Path(cfg.weights).name} (step {meta.get('step')}): "
+        figure = spatial_figure(out, beta, title=f"Spatial steering, {Path(cfg.weights).name} ({trained}): "
                                                  f"put an object not in the prompt into a quadrant (both CFG rows)")
         if figure is not None:
             shutil.copy(figure, out / "report" / figure.name)

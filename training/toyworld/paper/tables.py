@@ -143,7 +143,8 @@ def reading_lines(metrics_rows: list[dict], steering: dict | None, sensitivity: 
 
 def tables_markdown(metrics_rows: list[dict], steering: dict | None, meta: dict, edit_size: list[dict] | None = None,
                     sensitivity: list[dict] | None = None) -> str:
-    lines = [f"Toy World model: {meta.get('weights')} (step {meta.get('step')}); {meta.get('images')}; "
+    trained = meta.get("trained") or f"step {meta.get('step')}"
+    lines = [f"Toy World model: {meta.get('weights')} ({trained}); {meta.get('images')}; "
              f"DDIM {meta.get('steps')} steps, CFG {meta.get('cfg')}. Measured on a shared 2-core CPU.", ""]
     reading = reading_lines(metrics_rows, steering, sensitivity)
     if reading:
