@@ -256,11 +256,19 @@ def markdown_to_html(md: str) -> str:
 
 
 def add_to_report(index_html: Path, md: str, pictures: list[tuple[str, str]]) -> None:
-    """Append the tables and the pictures ((file name, caption) pairs) to the report's page."""
+    """Put the tables and the pictures ((file name, caption) pairs) first on the report's page, under its
+    title: they are what the run found; the SAEs' own metrics, plots and concept cards follow."""
     import html
     text = index_html.read_text()
     imgs = "".join(f"<figure><img src='{html.escape(p)}' alt='{html.escape(caption)}' "
                    f"loading='lazy' style='image-rendering:pixelated;max-width:100%'><figcaption>{html.escape(caption)}</figcaption></figure>"
                    for p, caption in pictures)
-    section = "<h2>The paper on the Toy World</h2>" + markdown_to_html(md) + imgs
-    write_text_atomic(index_html, text.replace("</body>", section + "</body>") if "</body>" in text else text + section)
+    section = ("<h2>The paper on the Toy World</h2>" + markdown_to_html(md) + imgs
+               + "<hr><p>Below: the SAEs behind these tables, their metrics, plots and concept cards.</p>")
+    title_end = text.find("</h1>")
+    if title_end >= 0:
+        title_end += len("</h1>")
+        text = text[:title_end] + section + text[title_end:]
+    else:
+        text = section + text
+    write_text_atomic(index_html, text)
