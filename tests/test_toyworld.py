@@ -552,3 +552,32 @@ def test_misbound_objects_correct_a_wrong_binding_in_the_input_only(comfy, tmp_p
 
 def render_masks(scene):
     return render(scene).masks.any(0)
+
+
+def test_coarse_skip_dropout_loss_scores_dropped_scenes_on_the_low_grid_only(comfy, tmp_path):
+    from sae_concepts.training.toyworld.train import ToyTrainer, coarse_error, train
+    error = torch.randn(3, 12, 24, 24, generator=torch.Generator().manual_seed(0))
+    naive = torch.stack([torch.stack([(error[b, :, 4 * i:4 * i + 4, 4 * j:4 * j + 4].mean(dim=(1, 2)) ** 2)
+                                      for i in range(6) for j in range(6)]).mean() * 16 for b in range(3)])
+    assert torch.allclose(coarse_error(error, 6), naive, rtol=1e-5)
+    # white noise scores about as on the full grid; a per-cell constant error the same; fine detail not at all
+    assert abs(coarse_error(error, 6).mean() / error.square().mean() - 1) < 0.1
+    checker = torch.ones(1, 12, 24, 24)
+    checker[..., ::2, :] = -1
+    assert coarse_error(checker, 6).item() == 0.0
+    assert coarse_error(torch.ones(1, 12, 24, 24), 6).item() == 16.0
+
+    def loss(**kw):
+        trainer = ToyTrainer(_tiny_train_cfg(tmp_path, **kw))
+        with torch.no_grad():
+            for v in trainer.unet.parameters():
+                if not v.any():
+                    v.copy_(torch.randn(v.shape, generator=torch.Generator().manual_seed(v.numel())) * 0.05)
+            return trainer.loss_on(0).item()
+    assert loss(skip_dropout=1.0, skip_dropout_loss="coarse") != loss(skip_dropout=1.0)
+    assert loss(skip_dropout=0.0, skip_dropout_loss="coarse") == loss()     # nothing dropped, nothing changes
+    with pytest.raises(ValueError, match="skip-dropout-loss"):
+        train(_tiny_train_cfg(tmp_path / "x", skip_dropout_loss="fine"), progress=False)
+    train(_tiny_train_cfg(tmp_path / "d", skip_dropout=0.5, skip_dropout_loss="coarse"), progress=False, stop_after=2)
+    with pytest.raises(ValueError, match="skip_dropout_loss"):
+        train(_tiny_train_cfg(tmp_path / "d", skip_dropout=0.5), progress=False)

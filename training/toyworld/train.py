@@ -60,6 +60,11 @@ class ToyTrainConfig:
         "help": "chance per scene of zeroing the U-Net's skip connections above latent/4 (24x24 and 12x12 on the "
                 "toy) in training, so the image must pass through the paper's 6x6 / 3x3 blocks; 0 = off (the "
                 "shipped recipe). Inference is unchanged"})
+    skip_dropout_loss: str = field(default="full", metadata={
+        "help": "what a skip-dropped scene is scored on: full (every pixel of ε: the low path must also "
+                "redraw the fine noise it never sees, which it cannot) or coarse (ε's error averaged over "
+                "the cells of the lowest kept skip, latent/4: only what the low path can know, the coarse "
+                "layout); the kept scenes are always scored on every pixel"})
     stray_objects: float = field(default=0.0, metadata={
         "help": "chance per prompted scene of a stray object (not in the prompt) faded into the noisy input at "
                 "t >= 500 while the target stays the scene without it, so the model learns to fade out blobs the "
@@ -240,6 +245,16 @@ def skip_dropout_patch(dropped: torch.Tensor, keep_at_most: int):
     return patch
 
 
+SKIP_DROPOUT_LOSSES = ("full", "coarse")
+
+
+def coarse_error(error: torch.Tensor, grid: int) -> torch.Tensor:
+    """Per-scene mean square of `error` averaged over grid x grid cells, times the cell's pixel count,
+    so an error of white noise (what no network can predict) scores as on the full grid."""
+    k = error.shape[-1] // grid
+    return torch.nn.functional.avg_pool2d(error, k).square().mean(dim=(1, 2, 3)) * (k * k)
+
+
 def training_device(name: str) -> torch.device:
     """torch.device(name), or a ConfigError saying why it cannot train here."""
     try:
@@ -315,6 +330,8 @@ class ToyTrainer:
         xt, target = noised(x0, noise, ab, edit)
         eps = self.unet(xt, t.float(), context=self.text(ids), transformer_options=options)
         per_sample = (eps - target).square().mean(dim=(1, 2, 3))
+        if dropped is not None and self.cfg.skip_dropout_loss == "coarse" and dropped.any():
+            per_sample = torch.where(dropped, coarse_error(eps - target, x0.shape[-1] // 4), per_sample)
         if self.cfg.min_snr_gamma > 0:
             snr = (ab / (1 - ab)).view(-1)
             per_sample = per_sample * snr.clamp(max=self.cfg.min_snr_gamma) / snr
@@ -371,7 +388,7 @@ class ToyTrainer:
         # "schedule" history, so the recipe stays exact); every other setting must match.
         # A setting a run's checkpoint predates (skip_dropout, init, stray_objects, ...) ran at its default.
         for key in ("seed", "batch_size", "lr", "warmup", "lr_floor", "min_snr_gamma", "prompt_dropout",
-                    "omit_style", "two_object_share", "ema_decay", "weight_decay", "grad_clip", "skip_dropout", "init",
+                    "omit_style", "two_object_share", "ema_decay", "weight_decay", "grad_clip", "skip_dropout", "skip_dropout_loss", "init",
                     "stray_objects", "misbound_objects"):
             started = saved_setting(saved, ToyTrainConfig, key)
             if started != getattr(self.cfg, key):
@@ -428,6 +445,9 @@ def train(cfg: ToyTrainConfig, model_cfg: ToyModelConfig | None = None, progress
         raise ConfigError(f"--workers must be 0 (draw batches in the loop) or more, got {cfg.workers}")
     if not 0.0 <= cfg.two_object_share <= 1.0:
         raise ConfigError(f"--two-object-share must be in 0..1, got {cfg.two_object_share}")
+    if cfg.skip_dropout_loss not in SKIP_DROPOUT_LOSSES:
+        raise ConfigError(f"--skip-dropout-loss must be one of {', '.join(SKIP_DROPOUT_LOSSES)}, "
+                          f"got {cfg.skip_dropout_loss!r}")
     if not 0.0 <= cfg.stray_objects <= 1.0:
         raise ConfigError(f"--stray-objects must be in 0..1, got {cfg.stray_objects}")
     if not 0.0 <= cfg.misbound_objects <= 1.0:
