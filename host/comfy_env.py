@@ -14,6 +14,9 @@ from ..sae_core.errors import SAEConceptsError
 
 PLUGIN_ROOT = Path(__file__).resolve().parents[1]
 IMPORT_STAND_INS = Path(__file__).resolve().parent / "import_stand_ins"
+# How a user gets the ComfyUI this pack is tested with, where the code looks first (comfy-cli's
+# default place). Said to the user, never run: nothing here fetches ComfyUI.
+GET_COMFYUI = "git clone --depth 1 --branch v0.8.0 https://github.com/comfyanonymous/ComfyUI ~/comfy/ComfyUI"
 
 
 class ComfyUINotFound(SAEConceptsError, RuntimeError):
@@ -42,8 +45,8 @@ def import_comfy(cpu: bool | None = None) -> Path:
     root = find_comfyui()
     if root is None:
         raise ComfyUINotFound(
-            "ComfyUI not found: set COMFYUI_PATH to a ComfyUI checkout, or export one to "
-            f"~/comfy/ComfyUI (looked in: {', '.join(map(str, candidate_paths()))})")
+            "ComfyUI not found: set COMFYUI_PATH to a ComfyUI checkout, or get one with "
+            f"`{GET_COMFYUI}` (looked in: {', '.join(map(str, candidate_paths()))})")
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     if "comfy.model_management" not in sys.modules:

@@ -120,3 +120,19 @@ def test_demo_end_to_end(tmp_path, capsys):
     after = load_sae(tmp_path / "demo" / "sae_set.safetensors")
     for a, b in zip(before, after):
         assert a.info == b.info and torch.equal(a.sae.W_dec, b.sae.W_dec)
+
+
+def test_demo_without_comfyui_says_so_in_one_line_and_runs_the_synthetic_world(tmp_path, capsys, monkeypatch):
+    """The README's set-up line on a machine without ComfyUI: no traceback, one line saying why
+    and how to get ComfyUI, then the synthetic world, exit 0."""
+    import sae_concepts.host.comfy_env as comfy_env
+    from sae_concepts.training.demo.toy_demo import toy_world_unavailable
+    if comfy_env.find_comfyui() is not None:   # missing weights are the other reason, said as plainly
+        assert toy_world_unavailable(tmp_path / "no.safetensors") == f"the Toy World weights {tmp_path / 'no.safetensors'} are missing"
+    monkeypatch.setattr(comfy_env, "find_comfyui", lambda: None)
+    assert cli.main(["demo", "--out", str(tmp_path / "demo"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    said = [line for line in out.splitlines() if "Toy World unavailable" in line]
+    assert len(said) == 1 and comfy_env.GET_COMFYUI in said[0] and "synthetic world instead" in said[0]
+    assert "SYNTHETIC DEMO" in out and "Traceback" not in out
+    assert json.loads((tmp_path / "demo" / "demo_summary.json").read_text())["synthetic"] is True

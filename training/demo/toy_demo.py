@@ -22,9 +22,9 @@ DEMO_SIZES = dict(train_images=48, heldout_images=16, eval_images=16, steps=15, 
 
 def toy_world_unavailable(weights: Path = SHIPPED_WEIGHTS) -> str | None:
     """None when the toy world can run here, else one line saying why not."""
-    from ...host.comfy_env import find_comfyui, import_comfy
+    from ...host.comfy_env import GET_COMFYUI, find_comfyui, import_comfy
     if find_comfyui() is None:
-        return "ComfyUI not found (set COMFYUI_PATH or see the README's set-up)"
+        return f"ComfyUI not found (set COMFYUI_PATH, or get ComfyUI v0.8.0: {GET_COMFYUI})"
     if not Path(weights).is_file():
         return f"the Toy World weights {weights} are missing"
     try:
