@@ -14,8 +14,8 @@ from ..sae_core.errors import SAEConceptsError
 
 PLUGIN_ROOT = Path(__file__).resolve().parents[1]
 IMPORT_STAND_INS = Path(__file__).resolve().parent / "import_stand_ins"
-# How a user gets the ComfyUI this pack is tested with, where the code looks first (comfy-cli's
-# default place). Said to the user, never run: nothing here fetches ComfyUI.
+# How a user gets the ComfyUI this pack is tested with, into ~/comfy/ComfyUI (comfy-cli's default
+# place; candidate_paths looks there after $COMFYUI_PATH and a custom_nodes parent). Said to the user, never run: nothing here fetches ComfyUI.
 GET_COMFYUI = "git clone --depth 1 --branch v0.8.0 https://github.com/comfyanonymous/ComfyUI ~/comfy/ComfyUI"
 
 

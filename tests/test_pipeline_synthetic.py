@@ -131,8 +131,9 @@ def test_demo_without_comfyui_says_so_in_one_line_and_runs_the_synthetic_world(t
         assert toy_world_unavailable(tmp_path / "no.safetensors") == f"the Toy World weights {tmp_path / 'no.safetensors'} are missing"
     monkeypatch.setattr(comfy_env, "find_comfyui", lambda: None)
     assert cli.main(["demo", "--out", str(tmp_path / "demo"), "--quiet"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     said = [line for line in out.splitlines() if "Toy World unavailable" in line]
     assert len(said) == 1 and comfy_env.GET_COMFYUI in said[0] and "synthetic world instead" in said[0]
-    assert "SYNTHETIC DEMO" in out and "Traceback" not in out
+    assert "SYNTHETIC DEMO" in out and "Traceback" not in out + captured.err
     assert json.loads((tmp_path / "demo" / "demo_summary.json").read_text())["synthetic"] is True

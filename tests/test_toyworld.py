@@ -567,17 +567,35 @@ def test_coarse_skip_dropout_loss_scores_dropped_scenes_on_the_low_grid_only(com
     assert coarse_error(checker, 6).item() == 0.0
     assert coarse_error(torch.ones(1, 12, 24, 24), 6).item() == 16.0
 
-    def loss(**kw):
-        trainer = ToyTrainer(_tiny_train_cfg(tmp_path, **kw))
-        with torch.no_grad():
-            for v in trainer.unet.parameters():
-                if not v.any():
-                    v.copy_(torch.randn(v.shape, generator=torch.Generator().manual_seed(v.numel())) * 0.05)
-            return trainer.loss_on(0).item()
-    assert loss(skip_dropout=1.0, skip_dropout_loss="coarse") != loss(skip_dropout=1.0)
-    assert loss(skip_dropout=0.0, skip_dropout_loss="coarse") == loss()     # nothing dropped, nothing changes
+    # In training, against a naive reference: a batch with one scene dropped and one kept; only the
+    # dropped one is scored coarse (min-SNR weighted like any other).
+    from dataclasses import replace
+    from sae_concepts.training.toyworld.train import draw_step, noised, skip_dropout_patch
+    cfg = next(c for c in (_tiny_train_cfg(tmp_path, skip_dropout=0.5, skip_dropout_loss="coarse", seed=s)
+                           for s in range(50)) if draw_step(c, 0, 1000)[4].tolist() == [True, False])
+    trainer = ToyTrainer(cfg)
+    with torch.no_grad():   # a fresh U-Net's zero-initialised outputs would hide any input
+        for v in trainer.unet.parameters():
+            if not v.any():
+                v.copy_(torch.randn(v.shape, generator=torch.Generator().manual_seed(v.numel())) * 0.05)
+        x0, ids, t, noise, dropped, edit = draw_step(cfg, 0, 1000)
+        ab = trainer.alphas_cumprod[t].view(-1, 1, 1, 1)
+        xt, target = noised(x0, noise, ab, edit)
+        eps = trainer.unet(xt, t.float(), context=trainer.text(ids), transformer_options={
+            "patches": {"output_block_patch": [skip_dropout_patch(dropped, 6)]}})
+        err = eps - target
+        snr = (ab / (1 - ab)).view(-1)
+        weight = snr.clamp(max=cfg.min_snr_gamma) / snr
+        cells = err[0].unfold(1, 4, 4).unfold(2, 4, 4).mean(dim=(-1, -2))        # 12 x 6 x 6 cell means
+        expected = (cells.square().mean() * 16 * weight[0] + err[1].square().mean() * weight[1]) / 2
+        assert torch.allclose(trainer.loss_on(0), expected, rtol=1e-5)
+        full = ToyTrainer(replace(cfg, skip_dropout_loss="full"))
+        full.modules.load_state_dict(trainer.modules.state_dict())
+        assert not torch.allclose(full.loss_on(0), expected, rtol=1e-3)
     with pytest.raises(ValueError, match="skip-dropout-loss"):
         train(_tiny_train_cfg(tmp_path / "x", skip_dropout_loss="fine"), progress=False)
+    with pytest.raises(ValueError, match="nothing is dropped"):
+        train(_tiny_train_cfg(tmp_path / "y", skip_dropout_loss="coarse"), progress=False)
     train(_tiny_train_cfg(tmp_path / "d", skip_dropout=0.5, skip_dropout_loss="coarse"), progress=False, stop_after=2)
     with pytest.raises(ValueError, match="skip_dropout_loss"):
         train(_tiny_train_cfg(tmp_path / "d", skip_dropout=0.5), progress=False)

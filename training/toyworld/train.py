@@ -63,8 +63,9 @@ class ToyTrainConfig:
     skip_dropout_loss: str = field(default="full", metadata={
         "help": "what a skip-dropped scene is scored on: full (every pixel of ε: the low path must also "
                 "redraw the fine noise it never sees, which it cannot) or coarse (ε's error averaged over "
-                "the cells of the lowest kept skip, latent/4: only what the low path can know, the coarse "
-                "layout); the kept scenes are always scored on every pixel"})
+                "the cells of the finest kept skip, latent/4, 4x4 pixels of the toy's latent: only what the "
+                "low path can know, the coarse layout); kept scenes are always scored on every pixel. "
+                "coarse needs --skip-dropout > 0. Tried on v5, not shipped (MODEL_CARD.md)"})
     stray_objects: float = field(default=0.0, metadata={
         "help": "chance per prompted scene of a stray object (not in the prompt) faded into the noisy input at "
                 "t >= 500 while the target stays the scene without it, so the model learns to fade out blobs the "
@@ -330,7 +331,7 @@ class ToyTrainer:
         xt, target = noised(x0, noise, ab, edit)
         eps = self.unet(xt, t.float(), context=self.text(ids), transformer_options=options)
         per_sample = (eps - target).square().mean(dim=(1, 2, 3))
-        if dropped is not None and self.cfg.skip_dropout_loss == "coarse" and dropped.any():
+        if dropped is not None and self.cfg.skip_dropout_loss == "coarse":
             per_sample = torch.where(dropped, coarse_error(eps - target, x0.shape[-1] // 4), per_sample)
         if self.cfg.min_snr_gamma > 0:
             snr = (ab / (1 - ab)).view(-1)
@@ -448,6 +449,9 @@ def train(cfg: ToyTrainConfig, model_cfg: ToyModelConfig | None = None, progress
     if cfg.skip_dropout_loss not in SKIP_DROPOUT_LOSSES:
         raise ConfigError(f"--skip-dropout-loss must be one of {', '.join(SKIP_DROPOUT_LOSSES)}, "
                           f"got {cfg.skip_dropout_loss!r}")
+    if cfg.skip_dropout_loss == "coarse" and cfg.skip_dropout <= 0:
+        raise ConfigError("--skip-dropout-loss coarse scores skip-dropped scenes, but --skip-dropout is 0: "
+                          "nothing is dropped; give --skip-dropout P (0 < P <= 1) or leave the loss at full")
     if not 0.0 <= cfg.stray_objects <= 1.0:
         raise ConfigError(f"--stray-objects must be in 0..1, got {cfg.stray_objects}")
     if not 0.0 <= cfg.misbound_objects <= 1.0:
