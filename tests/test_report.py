@@ -36,3 +36,31 @@ def test_card_image_has_a_title_and_a_caption_under_every_picture():
     for i in range(3):                              # the caption under each picture
         x = 6 + i * (112 + 6)
         assert differs[tile_bottom:, x:x + 112].any(), i
+
+
+def test_a_card_is_as_wide_as_its_subtitle_and_an_empty_one_says_why():
+    from sae_concepts.training.report.report import NO_ACTIVATION, default_font
+    subtitle = "middle_block.1  t=1  cond    label (held-out images where it matched)"
+    one = np.asarray(card_image("concept 3: red circle (1)", subtitle, [(torch.full((8, 8, 3), 0.5), "a", "b")]))
+    assert one.shape[1] >= default_font(11).getlength(subtitle) + 12
+    assert (one[20:40, -6:] == 255).all()           # the subtitle ends inside the card, not cut at its edge
+    empty = np.asarray(card_image("concept 4: red circle (1)", "s", []))
+    blank = np.asarray(card_image("concept 4: red circle (1)", "s", [], empty=""))
+    assert (empty[40:152] != blank[40:152]).any()   # the picture band carries the reason
+    assert NO_ACTIVATION == "does not fire on any evaluation image"
+
+
+def test_the_cards_note_says_what_labels_are_worth_on_this_run():
+    from sae_concepts.training.report.report import example_word, labels_notes
+    cards = [("k", {"kind": "concept", "labels": ["red circle"], "fires": True}),
+             ("k", {"kind": "concept", "labels": ["red circle", "plain"], "fires": False}),
+             ("k", {"kind": "concept", "labels": ["blue square"], "fires": True})]
+    chance = _rows(composition_iou=[0.09], composition_iou_everywhere=[0.08])
+    notes = labels_notes(chance, cards)
+    assert "for 0 of 12 SAEs: no SAE's maps localise the objects" in notes[0]
+    assert notes[1].startswith("Labelled concepts that fire on no evaluation image: 1 of 3")
+    some = _rows(composition_iou=[0.09, 0.30], composition_iou_everywhere=[0.08])
+    assert "for 6 of 12 SAEs; where they do not" in labels_notes(some, cards)[0]
+    assert "localise" not in labels_notes([{"block": "b"}], cards)[0]   # not measured: not claimed
+    assert labels_notes(chance, []) == []
+    assert example_word(cards) == "red circle"

@@ -107,7 +107,10 @@ def test_the_reading_picks_the_best_row_and_the_paper_figure_of_its_window():
     sens = [{"block": b, "resolution": g, "edit": "delta", "ratio": 4.0, "n": 4, "rmse": e, "same_reading": 1.0}
             for b, g, e in (("input_blocks.1.1", "24x24", 0.5), ("middle_block.1", "3x3", 0.01))]
     md = tables_markdown(rows, steering, {"weights": "w"}, sensitivity=sens)
-    assert "at best 75 % of images (late window, both rows, beta 8; unsteered 0 %; paper: 25 % in that window, up to 80 %)" in md
+    assert "at best 75 % of images (late window, both rows, beta 8; unsteered 0 %; paper: 25 % in that window, up to 80 % in its best)" in md
+    early_best = {**steering, "conditions": [{**cond, "window": [0.0, 0.4], "success": 0.5}]}
+    assert "paper: 80 % in that window)." in tables_markdown(rows, early_best, {"weights": "w"})   # no "up to" itself
+    assert "Measured on" not in md and "Measured on 2 CPU cores" in tables_markdown(rows, None, {"weights": "w", "machine": "2 CPU cores"})
     assert "| 100 % (4) | +50 points | 0 % |" in md
     assert "gone in at best 100 % of images against 50 % unsteered (+50 points; beta -8, mean normalisation), the other prompted object kept in 0 %" in md
     assert "move it by at most 0.010 (middle_block.1), under 10 % of the most sensitive block's 0.500" in md
@@ -203,3 +206,35 @@ def test_paper_run_at_other_blocks_collects_labels_and_steers_those(comfy, tmp_p
     assert sorted({r["block"] for r in summary["composition"]}) == blocks and len(summary["composition"]) == 12
     steered = {b for c in summary["steering"] for bs in c["blocks"].values() for b in bs}
     assert steered and steered <= set(blocks)
+
+
+def test_the_cli_prints_the_reading_once_and_each_condition_gets_a_labelled_picture(tmp_path):
+    from PIL import Image
+    from sae_concepts.training.toyworld.paper.figure import CELL, condition_figure
+    from sae_concepts.training.toyworld.paper.steering import save_strip, unsteered_path
+    from sae_concepts.training.toyworld.paper.tables import READING_HEADING, without_reading
+    md = f"head\n\n{READING_HEADING}\n\n- a verdict\n\n### (a) table\n| x |\n"
+    assert without_reading(md) == "head\n\n### (a) table\n| x |\n"
+    steering = tmp_path / "steering"
+    steering.mkdir()
+    (tmp_path / "report").mkdir()
+    tasks = [{"prompt": "p0", "concept": "striped"}, {"prompt": "p1", "concept": "dotted"},
+             {"prompt": "p2", "concept": "striped"}]
+    (steering / "unsteered_style.json").write_text(json.dumps({"tasks": tasks}))
+    grey = {v: np.full((48, 48, 3), v, np.float32) for v in (0.2, 0.4, 0.6)}
+    np.savez(unsteered_path(steering, "style", tasks), striped=np.stack([grey[0.2], grey[0.6]]), dotted=grey[0.4][None])
+    save_strip([np.full((48, 48, 3), 0.9, np.float32)] * 3, steering / "style_x.png")
+    cond = {"name": "style_x", "kind": "style", "images": [{"task": 0, "success": True}, {"task": 1, "success": False},
+                                                          {"task": 2, "success": False}]}
+    path = condition_figure(tmp_path, cond, "Style steering, late window")
+    sheet = np.asarray(Image.open(path).convert("RGB")).astype(float) / 255
+    left, top, pad = 90, 58, 6
+    for c, v in enumerate((0.2, 0.4, 0.6)):          # the unsteered row in task order, though stored per concept
+        x = left + c * (CELL + pad)
+        assert abs(sheet[top + 40, x + 40, 0] - v) < 0.01, c
+        assert abs(sheet[top + CELL + pad + 40, x + 40, 0] - 0.9) < 0.01, c
+    verdicts = sheet[top + 2 * (CELL + pad):, left:left + 60]
+    green = (verdicts[..., 1] > verdicts[..., 0] + 0.2) & (verdicts[..., 1] > verdicts[..., 2] + 0.2)
+    assert green.any()                                # "success" in green under the first column only
+    assert not ((sheet[top + 2 * (CELL + pad):, left + CELL + pad:, 1] > sheet[top + 2 * (CELL + pad):, left + CELL + pad:, 0] + 0.2)).any()
+    assert condition_figure(tmp_path, {**cond, "name": "missing"}, "c") is None

@@ -23,10 +23,11 @@ def cmd_demo(a) -> int:
         if synthetic_only:
             raise ConfigError(f"{', '.join(synthetic_only)}: for the synthetic world only; add --world synthetic, "
                               f"or leave {'them' if len(synthetic_only) > 1 else 'it'} out for the Toy World demo")
-        from .demo.toy_demo import run_toy_demo, toy_world_unavailable
+        from .demo.toy_demo import run_toy_demo, toy_demo_intro, toy_world_unavailable
         reason = toy_world_unavailable()
         if reason is None:
             from .toyworld.paper.run import print_paper_summary
+            print(toy_demo_intro(Path(a.out)), flush=True)
             print_paper_summary(run_toy_demo(Path(a.out), progress=not a.quiet))
             return 0
         print(f"Toy World unavailable: {reason}; running the synthetic world instead")

@@ -35,6 +35,15 @@ def toy_world_unavailable(weights: Path = SHIPPED_WEIGHTS) -> str | None:
     return None
 
 
+def toy_demo_intro(out: Path, weights: Path = SHIPPED_WEIGHTS) -> str:
+    """The demo's first line: what it is about to do, and where the result goes."""
+    d = DEMO_SIZES
+    images = d["train_images"] + d["heldout_images"] + d["eval_images"]
+    return (f"Toy World demo on {Path(weights).name}: sample {images} images ({d['steps']} steps), record Delta at the "
+            f"paper's three blocks, train their SAEs, label them with the detector's masks, measure composition IoU, "
+            f"steer and measure block sensitivity (a few minutes on a CPU); report: {Path(out) / 'report' / 'index.html'}")
+
+
 def run_toy_demo(out: Path, weights: Path = SHIPPED_WEIGHTS, progress: bool = True, **sizes) -> dict:
     cfg = ToyPaperConfig(out=str(out), weights=str(weights), **{**DEMO_SIZES, **sizes})
     return run_paper(cfg, progress=progress)

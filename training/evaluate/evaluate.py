@@ -105,6 +105,19 @@ def dictionary_quality(emb: dict[int, np.ndarray], labels: dict[int, list[str]],
             "inter_concept_similarity": inter}
 
 
+# A concept map "localises" when its IoU beats the whole-image map by more than this: a few dozen
+# images put about this much noise on an IoU (the demo's 16 eval images, the paper run's 32-64).
+LOCALISES_MARGIN = 0.05
+
+
+def localises(row: dict) -> bool | None:
+    """Whether a metrics row's concept maps beat a map of the whole image (None: not measured)."""
+    iou, everywhere = row.get("composition_iou"), row.get("composition_iou_everywhere")
+    if not all(isinstance(v, (int, float)) and not math.isnan(v) for v in (iou, everywhere)):
+        return None
+    return iou > everywhere + LOCALISES_MARGIN
+
+
 def composition_iou(sae, shards, key, emb, masks_root, kv, threshold, size, labels=None) -> dict:
     """The paper's composition prediction: top concept per position -> its embedding -> cosine
     with the object's word vector -> thresholded score map -> IoU with the object's mask.

@@ -20,13 +20,16 @@ from ...sae_core.errors import SAEConceptsError, SAEFileError
 from ...sae_core.foreign_formats import read_json
 from ...sae_core.itda import ItdaDictionary
 from ..dictionary.dictionary import image_codes
+from ..evaluate.evaluate import LOCALISES_MARGIN, localises
 from ..storage.shards import ShardSet
 
 # (key, title, bounds): a bounded quantity is clamped into its bounds before it is shown, so
 # float rounding (a cosine of 1.00000003) does not show up as a trend.
 METRICS = [("fvu", "FVU (lower is better)", (0.0, None)),
            ("l0", "L0 (active latents per vector)", (0.0, None)),
-           ("dead_fraction", "dead fraction (lower is better)", (0.0, 1.0)),
+           # Not the training bar's "dead" (no firing for dead_after training vectors): a small
+           # evaluation split leaves more latents unfired, so this reads higher.
+           ("dead_fraction", "dead fraction: never fire on the eval vectors (lower is better)", (0.0, 1.0)),
            ("labelled_concepts", "labelled concepts (dictionary)", (0.0, None)),
            ("cohesion", "concept cohesion (higher is better)", (-1.0, 1.0)),
            ("inter_concept_similarity", "inter-concept similarity (lower is better)", (-1.0, 1.0)),
@@ -115,17 +118,27 @@ def default_font(size: int):
         return ImageFont.load_default()
 
 
-def card_image(title: str, subtitle: str, tiles: list[tuple[torch.Tensor, str, str]]):
+NO_ACTIVATION = "does not fire on any evaluation image"
+
+
+def card_image(title: str, subtitle: str, tiles: list[tuple[torch.Tensor, str, str]], empty: str = NO_ACTIVATION):
     """One PNG per concept: a title (id and labels), a subtitle (which SAE), and each picture with
-    a two-line caption under it, so the picture says what it shows wherever it is looked at."""
+    a two-line caption under it, so the picture says what it shows wherever it is looked at; as
+    wide as its title and subtitle need. Without pictures it says why (`empty`) instead of showing nothing."""
     from PIL import Image, ImageDraw
     gap = 6
-    width = max(len(tiles), 1) * (TILE + gap) + gap
     head = 40
-    card = Image.new("RGB", (max(width, 2 * TILE), head + TILE + CAPTION + gap), "white")
+    fonts = (default_font(14), default_font(11))
+    text_width = max(round(fonts[0].getlength(title)), round(fonts[1].getlength(subtitle)),
+                     0 if tiles else round(fonts[1].getlength(empty)) + 2 * gap) + 2 * gap
+    width = max(len(tiles) * (TILE + gap) + gap, 2 * TILE, text_width)
+    card = Image.new("RGB", (width, head + TILE + CAPTION + gap), "white")
     draw = ImageDraw.Draw(card)
-    draw.text((gap, 3), title, fill=(0, 0, 0), font=default_font(14))
-    draw.text((gap, 22), subtitle, fill=(90, 90, 90), font=default_font(11))
+    draw.text((gap, 3), title, fill=(0, 0, 0), font=fonts[0])
+    draw.text((gap, 22), subtitle, fill=(90, 90, 90), font=fonts[1])
+    if not tiles:
+        draw.rectangle((gap, head, width - gap, head + TILE), outline=(200, 200, 200), fill=(245, 245, 245))
+        draw.text((2 * gap, head + TILE // 2 - 7), empty, fill=(90, 90, 90), font=fonts[1])
     for i, (pic, line1, line2) in enumerate(tiles):
         x = gap + i * (TILE + gap)
         arr = F.interpolate(pic.permute(2, 0, 1)[None], size=(TILE, TILE), mode="nearest")[0].permute(1, 2, 0)
@@ -190,9 +203,11 @@ def concept_cards(sae_entry, concepts, shards: ShardSet, key: str, images_dir: P
         else:
             title = f"concept {c}: " + (", ".join(f"{lab} ({counts.get(lab, 0)})" for lab in labels[:4]) or "no label")
             subtitle = f"{key.replace('|', '  ')}    label (held-out images where it matched)"
-        card_image(title[:90], subtitle[:110], tiles).save(out / name)
-        cards.append({"cid": c, "labels": labels, "counts": counts, "files": [name],
-                      "kind": "atom" if provenance is not None else "concept"})
+        picture = card_image(title[:90], subtitle[:110], tiles,
+                             NO_ACTIVATION if not top else f"its images are not in {images_dir}")
+        picture.save(out / name)
+        cards.append({"cid": c, "labels": labels, "counts": counts, "files": [name], "size": picture.size,
+                      "fires": bool(top), "kind": "atom" if provenance is not None else "concept"})
     return cards
 
 
@@ -362,6 +377,36 @@ def _fmt_cell(row: dict, col: str, bounds: dict) -> str:
     return f"{v:.0f}" if col in COUNTS and isinstance(v, (int, float)) else _fmt(v)
 
 
+def labels_notes(rows: list[dict], sections: list[tuple[str, dict]]) -> list[str]:
+    """What a card's labels are worth, said above the cards: what the label counts mean, how many
+    SAEs' concept maps localise objects at all on this run, and how many cards never fire."""
+    concepts = [c for _, c in sections if c.get("kind") == "concept"]
+    if not concepts:
+        return []
+    out = ["A concept's labels are the objects whose masks its activation map matched on held-out images "
+           "(in brackets: on how many); they are evidence from these images, not names."]
+    verdicts = [v for r in rows if (v := localises(r)) is not None]
+    if verdicts:
+        n = sum(verdicts)
+        out[0] += (f" On this run the concept maps beat a map of the whole image (by more than {LOCALISES_MARGIN:g} "
+                   f"composition IoU) for {n} of {len(verdicts)} SAEs")
+        out[0] += (": no SAE's maps localise the objects, so read these labels as chance matches." if n == 0 else
+                   "; where they do not (the metrics table), a label can be a chance match." if n < len(verdicts)
+                   else ".")
+    silent = sum(not c.get("fires", True) for c in concepts)
+    if silent:
+        out.append(f"Labelled concepts that fire on no evaluation image: {silent} of {len(concepts)} (their cards say "
+                   f"so). They were labelled on the held-out images and are silent on the evaluation split.")
+    return out
+
+
+def example_word(sections: list[tuple[str, dict]]) -> str:
+    """The search box's example: the commonest first label among the cards (not a word the model lacks)."""
+    from collections import Counter
+    words = Counter(c["labels"][0].split(":")[0] for _, c in sections if c.get("labels") and c.get("kind") == "concept")
+    return words.most_common(1)[0][0] if words else "dog"
+
+
 def render_html(rows, plots, constant, sections, note, truth, smoke, notes=()) -> str:
     bounds = {k: b for k, _, b in METRICS}
     cols = ["block", "t", "cond", "vectors"] + [k for k, _, _ in METRICS]
@@ -385,13 +430,16 @@ def render_html(rows, plots, constant, sections, note, truth, smoke, notes=()) -
                       f"{html.escape(smoke['folder'])}. Random weights hold no concepts; this only shows the real "
                       f"collection path working.</p>")
     keys = sorted({k for k, _ in sections})
-    notes_html = "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
+    notes_html = "".join(f'<p class="note">{html.escape(n)}</p>' for n in [*labels_notes(rows, sections), *notes])
     def card_html(k, c):
         search = html.escape(" ".join(c["labels"]).lower())
         shown = html.escape(", ".join(f"{lab} ({c['counts'][lab]})" if lab in c["counts"] else lab
                                       for lab in c["labels"][:6]))
         alt = html.escape(f"{c.get('kind', 'concept')} {c['cid']}, {k}: where it fires")
-        imgs = "".join(f"<img src='{f}' alt='{alt}' loading='lazy'>" for f in c["files"])
+        size = f" width='{c['size'][0]}' height='{c['size'][1]}'" if c.get("size") else ""
+        imgs = "".join(f"<img src='{f}' alt='{alt}' loading='lazy'{size}>" for f in c["files"])
+        if not c.get("fires", True):
+            shown += f" <i>({NO_ACTIVATION})</i>"
         return (f"<div class='card' data-key='{html.escape(k)}' data-labels='{search}'><b>{c.get('kind', 'concept')} "
                 f"{c['cid']}</b> "
                 f"<span class='key'>{html.escape(k)}</span><br><span class='labels'>{shown}</span><br>{imgs}</div>")
@@ -406,7 +454,7 @@ td,th{{border:1px solid #ccc;padding:3px 6px}} .note{{background:#fff3cd;padding
 <h2>Metrics per (block, t, cond)</h2><table>{table}</table>
 <h2>Plots</h2>{''.join(f'<img src="{p}" alt="{html.escape(Path(p).stem.replace("plot_", "").replace("_", " "))} by t">' for p in plots)}{same}
 {truth_html}{smoke_html}
-<h2>Concepts</h2>{notes_html}<p>Search by word: <input id="q" placeholder="e.g. dog"> SAE: <select id="k"><option value="">all</option>{options}</select>
+<h2>Concepts</h2>{notes_html}<p>Search by word: <input id="q" placeholder="e.g. {html.escape(example_word(sections))}"> SAE: <select id="k"><option value="">all</option>{options}</select>
 <span id="n"></span></p><div id="cards">{cards}</div>
 <script>
 function f(){{var q=document.getElementById('q').value.toLowerCase().trim(),k=document.getElementById('k').value,n=0;

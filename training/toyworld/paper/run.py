@@ -12,10 +12,10 @@ from ....sae_core.atomic import write_text_atomic
 from .composition import add_style_labels, run_composition, style_edit_size
 from ....host.toyworld.sampling import weights_digest
 from .config import ToyPaperConfig, check_resume
-from .figure import spatial_figure
+from .figure import condition_figure, spatial_figure
 from .sensitivity import run_sensitivity
 from .steering import run_steering
-from .tables import add_to_report, condition_caption, reading_lines, tables_markdown
+from .tables import add_to_report, condition_caption, reading_lines, tables_markdown, without_reading
 
 
 # -- the command ------------------------------------------------------------------------------
@@ -42,6 +42,7 @@ def run_paper(cfg: ToyPaperConfig, progress: bool = True) -> dict:
     # A fine-tune's file records only its own stage's steps: say so, not "step 5000" for a model trained far longer.
     trained = f"step {meta.get('step')}" + (" of its last fine-tuning stage" if meta.get("init_from_sha256") else "")
     info = {"weights": Path(cfg.weights).name, "step": meta.get("step"), "trained": trained, "steps": cfg.steps, "cfg": cfg.cfg,
+            "machine": machine_description(cfg.threads),
             "images": f"{cfg.train_images} train / {cfg.heldout_images} dictionary / {cfg.eval_images} eval images, "
                       f"{cfg.steer_images} per steering condition"}
     rows = json.loads(Path(comp["metrics"]).read_text())["rows"]
@@ -60,12 +61,11 @@ def run_paper(cfg: ToyPaperConfig, progress: bool = True) -> dict:
         if figure is not None:
             shutil.copy(figure, out / "report" / figure.name)
             pics.append((figure.name, "The unsteered images, then the same seeds steered in each window: one "
-                                      "column per task (the object asked for, and the quadrant)."))
+                                      "column per task (the object asked for, and the quadrant).", False))
         for c in steering["conditions"]:
-            src = out / "steering" / f"{c['name']}.png"
-            if src.exists():
-                shutil.copy(src, out / "report" / src.name)
-                pics.append((src.name, condition_caption(c)))
+            picture = condition_figure(out, c, condition_caption(c))
+            if picture is not None:
+                pics.append((picture.name, condition_caption(c), True))
     add_to_report(index, md, pics)
     summary = {"tables": str(out / "paper_tables.md"), "report": str(index), "composition": rows,
                "steering": None if steering is None else [{k: v for k, v in c.items() if k != "images"}
@@ -75,6 +75,14 @@ def run_paper(cfg: ToyPaperConfig, progress: bool = True) -> dict:
                "reading": reading_lines(rows, steering, sensitivity)}
     write_text_atomic(out / "paper_summary.json", json.dumps(summary, indent=1))
     return summary
+
+
+def machine_description(threads: int) -> str:
+    """Where the tables were measured, read off this machine (not assumed)."""
+    import os
+    import platform
+    cpu = platform.processor() or platform.machine()
+    return f"{os.cpu_count()} CPU cores ({cpu}), {threads} torch thread{'s' if threads != 1 else ''}"
 
 
 def cmd_paper(a) -> int:
@@ -88,7 +96,7 @@ def cmd_paper(a) -> int:
 
 def print_paper_summary(summary: dict) -> None:
     """The tables, then their reading again (the last thing on the screen) and the report."""
-    print(Path(summary["tables"]).read_text())
+    print(without_reading(Path(summary["tables"]).read_text()))
     if summary.get("reading"):
         print("In short:\n" + "\n".join(summary["reading"]))
         print("What these mean for the shipped Toy World model: README, 'The paper on the Toy World'; "

@@ -7,7 +7,7 @@ from pathlib import Path
 from ....sae_core.atomic import write_text_atomic
 
 
-from ...evaluate.evaluate import block_then_t_down
+from ...evaluate.evaluate import LOCALISES_MARGIN, block_then_t_down, localises
 from .config import PAPER, WINDOWS
 
 
@@ -43,9 +43,6 @@ def sensitivity_markdown(rows: list[dict]) -> list[str]:
     return lines
 
 
-# A concept map "localises" when its IoU beats the whole-image map by more than this: a few dozen
-# images put about this much noise on an IoU (the demo's 16 eval images, the paper run's 32-64).
-LOCALISES_MARGIN = 0.05
 # The steered blocks "hardly" move the image when a random edit there moves it by less than this
 # share of what the same edit moves it by at the most sensitive block.
 HARDLY = 0.1
@@ -79,7 +76,7 @@ def _composition_line(rows: list[dict]) -> list[str]:
     iou = [r for r in rows if r.get("composition_iou") is not None and r.get("composition_iou_everywhere") is not None]
     if not iou:
         return []
-    beats = [r for r in iou if r["composition_iou"] > r["composition_iou_everywhere"] + LOCALISES_MARGIN]
+    beats = [r for r in iou if localises(r)]
     b = max(iou, key=lambda r: r["composition_iou"])
     paper_row = next((r for r in iou if r["block"] == "middle_block.1" and r["t"] == 1.0 and r["cond"] == "cond"), None)
     ours = f"; ours there {paper_row['composition_iou']:.2f}" if paper_row else ""
@@ -101,8 +98,9 @@ def _steering_lines(steering: dict) -> list[str]:
         window = window_of(c["window"])
         how = f"{c['normalisation']} normalisation" if kind == "style" else f"{c['rows']} rows"
         lines.append(f"- {what} in at best {pct(c['success'])} of images ({window} window, {how}, beta {c['beta']:g}; "
-                     f"unsteered {pct(base.get(kind))}; paper: {pct(PAPER[kind].get(window))} in that window, "
-                     f"up to {pct(max(PAPER[kind].values()))}).")
+                     f"unsteered {pct(base.get(kind))}; paper: {pct(PAPER[kind].get(window))} in that window"
+                     + ("" if PAPER[kind].get(window) == max(PAPER[kind].values()) else
+                        f", up to {pct(max(PAPER[kind].values()))} in its best") + ").")
     for kind, what, kept in (("suppress_object", "the prompted object gone", "the other prompted object"),
                              ("suppress_style", "the prompted style gone", "the prompted objects")):
         c = _best([c for c in conds if c["kind"] == kind])
@@ -141,14 +139,31 @@ def reading_lines(metrics_rows: list[dict], steering: dict | None, sensitivity: 
             + (_sensitivity_line(sensitivity, steering) if sensitivity else []))
 
 
+READING_HEADING = "### What the tables say"
+
+
+def without_reading(md: str) -> str:
+    """The tables without their reading section (the CLI prints the reading last instead, once)."""
+    lines, out, skipping = md.splitlines(), [], False
+    for line in lines:
+        if line == READING_HEADING:
+            skipping = True
+        elif skipping and line.startswith("### "):
+            skipping = False
+        if not skipping:
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
 def tables_markdown(metrics_rows: list[dict], steering: dict | None, meta: dict, edit_size: list[dict] | None = None,
                     sensitivity: list[dict] | None = None) -> str:
     trained = meta.get("trained") or f"step {meta.get('step')}"
     lines = [f"Toy World model: {meta.get('weights')} ({trained}); {meta.get('images')}; "
-             f"DDIM {meta.get('steps')} steps, CFG {meta.get('cfg')}. Measured on a shared 2-core CPU.", ""]
+             f"DDIM {meta.get('steps')} steps, CFG {meta.get('cfg')}."
+             + (f" Measured on {meta['machine']}." if meta.get("machine") else ""), ""]
     reading = reading_lines(metrics_rows, steering, sensitivity)
     if reading:
-        lines += ["### What the tables say", "", *reading, ""]
+        lines += [READING_HEADING, "", *reading, ""]
     lines += ["### (a) Composition emergence: concept-map IoU with the final image's objects",
               "", "IoU (ours) is the paper's method (top concept per position, cosine of its label embedding with the "
               "object's word vector > 0.5); 'label' predicts only where the top concept's own labels hold the object's "
@@ -255,14 +270,16 @@ def markdown_to_html(md: str) -> str:
     return "\n".join(out)
 
 
-def add_to_report(index_html: Path, md: str, pictures: list[tuple[str, str]]) -> None:
-    """Put the tables and the pictures ((file name, caption) pairs) first on the report's page, under its
-    title: they are what the run found; the SAEs' own metrics, plots and concept cards follow."""
+def add_to_report(index_html: Path, md: str, pictures: list[tuple[str, str, bool]]) -> None:
+    """Put the tables and the pictures ((file name, caption, whether the picture draws its caption
+    itself) triples) first on the report's page, under its title: they are what the run found; the
+    SAEs' own metrics, plots and concept cards follow."""
     import html
     text = index_html.read_text()
     imgs = "".join(f"<figure><img src='{html.escape(p)}' alt='{html.escape(caption)}' "
-                   f"loading='lazy' style='image-rendering:pixelated;max-width:100%'><figcaption>{html.escape(caption)}</figcaption></figure>"
-                   for p, caption in pictures)
+                   f"loading='lazy' style='image-rendering:pixelated;max-width:100%'>"
+                   + ("" if drawn else f"<figcaption>{html.escape(caption)}</figcaption>") + "</figure>"
+                   for p, caption, drawn in pictures)
     section = ("<h2>The paper on the Toy World</h2>" + markdown_to_html(md) + imgs
                + "<hr><p>Below: the SAEs behind these tables, their metrics, plots and concept cards.</p>")
     title_end = text.find("</h1>")
