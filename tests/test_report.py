@@ -39,7 +39,7 @@ def test_card_image_has_a_title_and_a_caption_under_every_picture():
 
 
 def test_a_card_is_as_wide_as_its_subtitle_and_an_empty_one_says_why():
-    from sae_concepts.training.report.report import NO_ACTIVATION, default_font
+    from sae_concepts.training.report.report import default_font
     subtitle = "middle_block.1  t=1  cond    label (held-out images where it matched)"
     one = np.asarray(card_image("concept 3: red circle (1)", subtitle, [(torch.full((8, 8, 3), 0.5), "a", "b")]))
     assert one.shape[1] >= default_font(11).getlength(subtitle) + 12
@@ -47,7 +47,6 @@ def test_a_card_is_as_wide_as_its_subtitle_and_an_empty_one_says_why():
     empty = np.asarray(card_image("concept 4: red circle (1)", "s", []))
     blank = np.asarray(card_image("concept 4: red circle (1)", "s", [], empty=""))
     assert (empty[40:152] != blank[40:152]).any()   # the picture band carries the reason
-    assert NO_ACTIVATION == "does not fire on any evaluation image"
 
 
 def test_the_cards_note_says_what_labels_are_worth_on_this_run():
@@ -58,9 +57,19 @@ def test_the_cards_note_says_what_labels_are_worth_on_this_run():
     chance = _rows(composition_iou=[0.09], composition_iou_everywhere=[0.08])
     notes = labels_notes(chance, cards)
     assert "for 0 of 12 SAEs: no SAE's maps localise the objects" in notes[0]
-    assert notes[1].startswith("Labelled concepts that fire on no evaluation image: 1 of 3")
+    assert notes[1].startswith("Labelled concepts that fire on no evaluation image: 1 of the 3 cards shown")
     some = _rows(composition_iou=[0.09, 0.30], composition_iou_everywhere=[0.08])
     assert "for 6 of 12 SAEs; where they do not" in labels_notes(some, cards)[0]
     assert "localise" not in labels_notes([{"block": "b"}], cards)[0]   # not measured: not claimed
     assert labels_notes(chance, []) == []
     assert example_word(cards) == "red circle"
+
+
+def test_the_page_carries_the_notes_the_silent_cards_and_the_picture_sizes():
+    from sae_concepts.training.report.report import render_html
+    sections = [("k", {"cid": 1, "kind": "concept", "labels": ["red circle"], "counts": {"red circle": 2},
+                       "files": ["s0_c1.png"], "size": (381, 188), "fires": False})]
+    page = render_html(_rows(composition_iou=[0.09], composition_iou_everywhere=[0.08]), [], [], sections, "", None, None)
+    assert "no SAE&#x27;s maps localise the objects" in page and "fire on no evaluation image: 1 of the 1 cards" in page
+    assert "red circle (2) <i>(does not fire on any evaluation image)</i>" in page
+    assert "width='381' height='188'" in page and 'placeholder="e.g. red circle"' in page

@@ -223,7 +223,7 @@ def test_the_cli_prints_the_reading_once_and_each_condition_gets_a_labelled_pict
     (steering / "unsteered_style.json").write_text(json.dumps({"tasks": tasks}))
     grey = {v: np.full((48, 48, 3), v, np.float32) for v in (0.2, 0.4, 0.6)}
     np.savez(unsteered_path(steering, "style", tasks), striped=np.stack([grey[0.2], grey[0.6]]), dotted=grey[0.4][None])
-    save_strip([np.full((48, 48, 3), 0.9, np.float32)] * 3, steering / "style_x.png")
+    save_strip([np.full((48, 48, 3), v, np.float32) for v in (0.7, 0.8, 0.9)], steering / "style_x.png")
     cond = {"name": "style_x", "kind": "style", "images": [{"task": 0, "success": True}, {"task": 1, "success": False},
                                                           {"task": 2, "success": False}]}
     path = condition_figure(tmp_path, cond, "Style steering, late window")
@@ -232,7 +232,7 @@ def test_the_cli_prints_the_reading_once_and_each_condition_gets_a_labelled_pict
     for c, v in enumerate((0.2, 0.4, 0.6)):          # the unsteered row in task order, though stored per concept
         x = left + c * (CELL + pad)
         assert abs(sheet[top + 40, x + 40, 0] - v) < 0.01, c
-        assert abs(sheet[top + CELL + pad + 40, x + 40, 0] - 0.9) < 0.01, c
+        assert abs(sheet[top + CELL + pad + 40, x + 40, 0] - (0.7, 0.8, 0.9)[c]) < 0.01, c   # steered, task order
     verdicts = sheet[top + 2 * (CELL + pad):, left:left + 60]
     green = (verdicts[..., 1] > verdicts[..., 0] + 0.2) & (verdicts[..., 1] > verdicts[..., 2] + 0.2)
     assert green.any()                                # "success" in green under the first column only

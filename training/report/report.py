@@ -395,8 +395,8 @@ def labels_notes(rows: list[dict], sections: list[tuple[str, dict]]) -> list[str
                    else ".")
     silent = sum(not c.get("fires", True) for c in concepts)
     if silent:
-        out.append(f"Labelled concepts that fire on no evaluation image: {silent} of {len(concepts)} (their cards say "
-                   f"so). They were labelled on the held-out images and are silent on the evaluation split.")
+        out.append(f"Labelled concepts that fire on no evaluation image: {silent} of the {len(concepts)} cards shown (their "
+                   f"cards say so). They were labelled on the held-out images and are silent on the evaluation split.")
     return out
 
 
@@ -404,7 +404,7 @@ def example_word(sections: list[tuple[str, dict]]) -> str:
     """The search box's example: the commonest first label among the cards (not a word the model lacks)."""
     from collections import Counter
     words = Counter(c["labels"][0].split(":")[0] for _, c in sections if c.get("labels") and c.get("kind") == "concept")
-    return words.most_common(1)[0][0] if words else "dog"
+    return words.most_common(1)[0][0] if words else "a label"
 
 
 def render_html(rows, plots, constant, sections, note, truth, smoke, notes=()) -> str:

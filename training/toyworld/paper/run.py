@@ -82,7 +82,8 @@ def machine_description(threads: int) -> str:
     import os
     import platform
     cpu = platform.processor() or platform.machine()
-    return f"{os.cpu_count()} CPU cores ({cpu}), {threads} torch thread{'s' if threads != 1 else ''}"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()   # this process's
+    return f"{cores} CPU cores ({cpu}), {threads} torch thread{'s' if threads != 1 else ''}"
 
 
 def cmd_paper(a) -> int:
