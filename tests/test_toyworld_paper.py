@@ -110,6 +110,9 @@ def test_the_reading_picks_the_best_row_and_the_paper_figure_of_its_window():
     assert "at best 75 % of images (late window, both rows, beta 8; unsteered 0 %; paper: 25 % in that window, up to 80 % in its best)" in md
     early_best = {**steering, "conditions": [{**cond, "window": [0.0, 0.4], "success": 0.5}]}
     assert "paper: 80 % in that window)." in tables_markdown(rows, early_best, {"weights": "w"})   # no "up to" itself
+    all_failed = {**steering, "conditions": [{**cond, "window": w, "success": 0.0} for w in ([0.0, 0.4], [0.8, 1.0])]}
+    assert ("Spatial steering (b): the asked object in the asked quadrant in none of the images of any of the 2 "
+            "conditions (unsteered 0 %; paper: up to 80 %).") in tables_markdown(rows, all_failed, {"weights": "w"})
     assert "Measured on" not in md and "Measured on 2 CPU cores" in tables_markdown(rows, None, {"weights": "w", "machine": "2 CPU cores"})
     assert "| 100 % (4) | +50 points | 0 % |" in md
     assert "gone in at best 100 % of images against 50 % unsteered (+50 points; beta -8, mean normalisation), the other prompted object kept in 0 %" in md

@@ -95,6 +95,11 @@ def _steering_lines(steering: dict) -> list[str]:
         c = _best([c for c in conds if c["kind"] == kind])
         if c is None:
             continue
+        if c["success"] == 0:   # no best cell to name: every condition failed every image
+            n = sum(1 for x in conds if x["kind"] == kind and x.get("success") is not None)
+            lines.append(f"- {what} in none of the images of any of the {n} conditions (unsteered "
+                         f"{pct(base.get(kind))}; paper: up to {pct(max(PAPER[kind].values()))}).")
+            continue
         window = window_of(c["window"])
         how = f"{c['normalisation']} normalisation" if kind == "style" else f"{c['rows']} rows"
         lines.append(f"- {what} in at best {pct(c['success'])} of images ({window} window, {how}, beta {c['beta']:g}; "
