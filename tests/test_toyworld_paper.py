@@ -113,6 +113,9 @@ def test_the_reading_picks_the_best_row_and_the_paper_figure_of_its_window():
     all_failed = {**steering, "conditions": [{**cond, "window": w, "success": 0.0} for w in ([0.0, 0.4], [0.8, 1.0])]}
     assert ("Spatial steering (b): the asked object in the asked quadrant in none of the images of any of the 2 "
             "conditions (unsteered 0 %; paper: up to 80 %).") in tables_markdown(rows, all_failed, {"weights": "w"})
+    none_gone = {**steering, "conditions": [{**steering["conditions"][3], "beta": b, "success": 0.0} for b in (-8.0, -64.0)]}
+    assert ("Suppression (d): the prompted object gone in none of the images of any of the 2 conditions (unsteered "
+            "50 %).") in tables_markdown(rows, none_gone, {"weights": "w"})
     assert "Measured on" not in md and "Measured on 2 CPU cores" in tables_markdown(rows, None, {"weights": "w", "machine": "2 CPU cores"})
     assert "| 100 % (4) | +50 points | 0 % |" in md
     assert "gone in at best 100 % of images against 50 % unsteered (+50 points; beta -8, mean normalisation), the other prompted object kept in 0 %" in md

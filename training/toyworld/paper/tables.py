@@ -88,6 +88,11 @@ def _composition_line(rows: list[dict]) -> list[str]:
             f"{PAPER['composition_mid_t1']:.2f} at the mid block at t = 1, cond{ours})."]
 
 
+def _in_none(conds: list[dict], kind: str) -> str:
+    n = sum(1 for c in conds if c["kind"] == kind and c.get("success") is not None)
+    return f"in none of the images of any of the {n} conditions"
+
+
 def _steering_lines(steering: dict) -> list[str]:
     base, conds, lines = steering["unsteered_success"], steering["conditions"], []
     for kind, what in (("spatial", "Spatial steering (b): the asked object in the asked quadrant"),
@@ -96,9 +101,8 @@ def _steering_lines(steering: dict) -> list[str]:
         if c is None:
             continue
         if c["success"] == 0:   # no best cell to name: every condition failed every image
-            n = sum(1 for x in conds if x["kind"] == kind and x.get("success") is not None)
-            lines.append(f"- {what} in none of the images of any of the {n} conditions (unsteered "
-                         f"{pct(base.get(kind))}; paper: up to {pct(max(PAPER[kind].values()))}).")
+            lines.append(f"- {what} {_in_none(conds, kind)} (unsteered {pct(base.get(kind))}; "
+                         f"paper: up to {pct(max(PAPER[kind].values()))}).")
             continue
         window = window_of(c["window"])
         how = f"{c['normalisation']} normalisation" if kind == "style" else f"{c['rows']} rows"
@@ -110,6 +114,9 @@ def _steering_lines(steering: dict) -> list[str]:
                              ("suppress_style", "the prompted style gone", "the prompted objects")):
         c = _best([c for c in conds if c["kind"] == kind])
         if c is None or base.get(kind) is None:
+            continue
+        if c["success"] == 0:
+            lines.append(f"- Suppression (d): {what} {_in_none(conds, kind)} (unsteered {pct(base[kind])}).")
             continue
         how = suppression_how(c)
         lines.append(f"- Suppression (d): {what} in at best {pct(c['success'])} of images against {pct(base[kind])} "
