@@ -77,3 +77,46 @@ def check_writable(folder: str | os.PathLike, what: str, need_bytes: int = 0) ->
         raise OutputError(f"{what}: {folder} needs about {need_bytes / 2**30:.2f} GiB for this run, "
                           f"{free / 2**30:.2f} GiB are free")
     return folder
+
+
+def file_kind(path: str | os.PathLike) -> tuple[str, str | None]:
+    """What an existing file is: ("json", its "format" field), ("safetensors", its metadata's
+    "format") or ("other", None). Reads the JSON or the safetensors header only."""
+    import json
+    import struct
+    path = Path(path)
+    with contextlib.suppress(OSError, ValueError, UnicodeDecodeError):
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) == 8:
+                n = struct.unpack("<Q", head)[0]
+                if 2 <= n <= 100_000_000:   # a safetensors file: an 8-byte length, then a JSON header
+                    header = json.loads(f.read(n))
+                    if isinstance(header, dict):
+                        meta = header.get("__metadata__") or {}
+                        return "safetensors", meta.get("format") if isinstance(meta, dict) else None
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return "json", data.get("format") if isinstance(data, dict) else None
+    return "other", None
+
+
+def check_replaceable(path: str | os.PathLike, what: str, kind: str, fmt: str | None = None,
+                      inputs: dict[str, str | os.PathLike] | None = None) -> None:
+    """Refuse, before any work, to write `path` over one of this run's inputs (`inputs`: option ->
+    path) or over an existing file of another kind: a stage may replace its own earlier output
+    (a `kind` file, "json" or "safetensors", carrying format `fmt` when one is given), never an SAE
+    set, shard or checkpoint it was not asked to write."""
+    path = Path(path)
+    for option, given in (inputs or {}).items():
+        if given and path.exists() and Path(given).exists() and path.resolve() == Path(given).resolve():
+            raise OutputError(f"{what} {path} is also the {option} input: writing it would destroy that input; "
+                              f"choose another {what}")
+    if path.is_dir():
+        raise OutputError(f"{what} {path} is a folder; give a file path")
+    if path.exists():
+        found, found_fmt = file_kind(path)
+        if found != kind or (fmt is not None and found_fmt != fmt):
+            expected = f"a {kind} file" + (f" of format {fmt!r}" if fmt else "")
+            actual = f"a {found} file" + (f" of format {found_fmt!r}" if found_fmt else "")
+            raise OutputError(f"{what} {path} already exists and is {actual}, not {expected} (this command's own "
+                              f"output, which it may replace): choose another {what} or remove that file")

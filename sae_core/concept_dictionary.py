@@ -80,10 +80,22 @@ class ConceptDictionary:
                         f"(format_version 1); cannot check that it belongs to {sae_set.source}")
             return
         own = {(e.block, e.t, e.cond): e.sae_fingerprint for e in self.entries}
+        own_cids = {(e.block, e.t, e.cond): list(e.concepts) for e in self.entries}
         prints = [sae_fingerprint(e.sae) for e in sae_set]
         covered = [(e, fp) for e, fp in zip(sae_set, prints) if _sae_key(e.info) in own]
         wrong = [e.info.label() for e, fp in covered if own[_sae_key(e.info)] != fp]
+        too_large = [f"{e.info.label()} (concept {max(own_cids[_sae_key(e.info)])} of {e.sae.n_latents})"
+                     for e, _ in covered if own_cids[_sae_key(e.info)] and hasattr(e.sae, "n_latents")
+                     and max(own_cids[_sae_key(e.info)]) >= e.sae.n_latents]
+        if too_large:
+            raise DictionaryMismatchError(f"concept dictionary {self.source or '(unsaved)'}: concept ids beyond the SAE's "
+                                          f"latents: {too_large[:3]}; the file was edited or is damaged")
         if covered and not wrong:
+            missing = [e.info.label() for e in sae_set if _sae_key(e.info) not in own]
+            if missing:
+                log.warning(f"concept dictionary {self.source}: has no concepts for {len(missing)} of the set's "
+                            f"{len(prints)} SAEs ({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}; built "
+                            f"before they were trained?); they are left unlabelled")
             return
         why = (f"its SAEs for {wrong[:3]} have other weights" if wrong else
                f"it covers none of the set's SAEs (dictionary: {sorted({e.block for e in self.entries})}, "
@@ -98,6 +110,13 @@ class ConceptDictionary:
     def for_sae(self, block: str, t: float | None, cond: str) -> SAEConcepts | None:
         block = canonical_block(block)
         at_block = [e for e in self.entries if e.block == block]
+        exact = [e for e in at_block if e.t == t and e.cond == cond]
+        if exact:
+            return exact[0]
+        if self.built_from.get("fingerprint"):
+            # Concept ids name concepts of the one SAE they were found in: another (t, cond)'s SAE
+            # (a dictionary built before its set was complete) has other concepts under the same ids.
+            return None
         return nearest(at_block, t, cond, t_of=lambda e: e.t, cond_of=lambda e: e.cond) if at_block else None
 
     def vocabulary(self) -> list[str]:
@@ -125,6 +144,10 @@ class ConceptDictionary:
             for d in data["dictionaries"]:
                 concepts = {int(k): {"labels": list(v.get("labels", [])), "counts": dict(v.get("counts", {}))}
                             for k, v in d["concepts"].items()}
+                for k, v in d["concepts"].items():
+                    labels = v.get("labels", [])
+                    if int(k) < 0 or not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+                        raise ValueError(f"concept {k!r} of {d['block']}: ids must be >= 0 and labels a list of words")
                 entries.append(SAEConcepts(canonical_block(d["block"]), d.get("t"), d.get("cond", "both"), concepts,
                                            str(d.get("sae_fingerprint", ""))))
             built_from = dict(data.get("built_from") or {})

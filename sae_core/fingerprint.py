@@ -23,3 +23,8 @@ def sae_fingerprint(sae) -> str:
 def set_fingerprint(fingerprints: list[str]) -> str:
     """One fingerprint for a set, from its SAEs' fingerprints in order."""
     return hashlib.sha256(",".join(fingerprints).encode()).hexdigest()[:16]
+
+
+def sae_set_fingerprint(sae_set) -> str:
+    """The fingerprint of a whole set (what metrics and dictionaries record of the set they came from)."""
+    return set_fingerprint([sae_fingerprint(e.sae) for e in sae_set])

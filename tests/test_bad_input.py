@@ -387,6 +387,38 @@ def test_a_dictionary_from_another_sae_set_is_refused_naming_both_files(world, c
     assert rc == 2 and err.count("\n") == 1 and "retrained.safetensors" in err
 
 
+def test_a_dictionary_missing_an_sae_leaves_it_unlabelled_instead_of_borrowing_another_ts_ids(world):
+    """A dictionary built before its set was complete covers some SAEs only: another t's concept ids
+    name other concepts, so the uncovered SAE gets none (a v1 dictionary, unchecked, still falls back)."""
+    from sae_concepts.sae_core.concept_dictionary import ConceptDictionary
+    from sae_concepts.sae_core import load_sae
+    d = ConceptDictionary.load(world / "dict.json")
+    assert d.for_sae(KEY_BLOCK, 1.0, "cond").lookup("dog") == [0]
+    assert d.for_sae(KEY_BLOCK, 0.5, "cond") is None
+    d.built_from = {}
+    assert d.for_sae(KEY_BLOCK, 0.5, "cond").lookup("dog") == [0]
+    # concept ids beyond the SAE's latents: the file was edited
+    bad = ConceptDictionary.load(world / "dict.json")
+    bad.entries[0].concepts[99] = {"labels": ["dog"], "counts": {"dog": 1}}
+    with pytest.raises(SAEConceptsError, match=r"concept ids beyond the SAE's latents: .*concept 99 of 16"):
+        bad.check_built_from(load_sae(world / "set.safetensors"))
+
+
+def test_report_refuses_metrics_of_another_sae_set(world):
+    import json
+    from sae_concepts.training.evaluate.evaluate import evaluate
+    from sae_concepts.training.report.report import build_report
+    evaluate(evaluate_cfg(world))
+    metrics = json.loads((world / "metrics.json").read_text())
+    assert metrics["built_from"]["sae_file"] == "set.safetensors"
+    build_report(world / "report", world / "set.safetensors", world / "dict.json", world / "metrics.json", world / "eval")
+    metrics["built_from"]["fingerprint"] = "0" * 16                  # as if evaluated on another set
+    (world / "other_metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(SAEConceptsError, match="other_metrics.json describes the SAE set set.safetensors"):
+        build_report(world / "report2", world / "set.safetensors", world / "dict.json", world / "other_metrics.json",
+                     world / "eval")
+
+
 def test_the_shard_repair_advice_works_on_a_real_collection(tmp_path, tiny_model):
     """Host tier: a shard of a real `collect` run (ComfyUI's SD1.x U-Net, tiny, random weights) is
     damaged in place; train names it and advises deleting it and rerunning collect; doing exactly
@@ -459,6 +491,9 @@ def base(tmp_path_factory):
     (root / "prompts.txt").write_text("a dog\n")
     (root / "a_file").write_text("")
     (root / "not_json.json").write_text("{")
+    (root / "vectors_other.txt").write_text("zebra 0.1 0.2\n")   # knows none of the world's labels
+    (root / "bad_manifest").mkdir()
+    (root / "bad_manifest" / "manifest_r000.json").write_text("{}")
     return root
 
 
@@ -471,6 +506,8 @@ TR = ["train", "--shards", "{r}/acts", "--out", "{r}/t.safetensors", "--quiet", 
 CO = ["collect", "--checkpoint", "{r}/none.safetensors", "--prompts", "{r}/prompts.txt", "--out", "{r}/c"]
 RP = ["report", "--sae", "{r}/set.safetensors", "--dictionary", "{r}/dict.json", "--metrics", "{r}/m.json",
       "--shards", "{r}/eval", "--out", "{r}/rep"]
+TW = ["toyworld", "train", "--out", "{r}/tw", "--steps", "2", "--quiet"]
+TP = ["toyworld", "paper", "--out", "{r}/tp", "--quiet"]
 SG = ["segment", "--shards", "{r}/eval", "--masks", "{r}/sm", "--grounding-dino", "{r}/gd", "--sam", "{r}/sam"]
 
 SWEEP = [
@@ -556,6 +593,30 @@ SWEEP = [
     (["demo", "--comfyui", "on", "--out", "{r}/demo"], "--comfyui: for the synthetic world only"),
     (["demo", "--epochs", "2", "--keep-activations", "--out", "{r}/demo"],
      "--epochs, --keep-activations: for the synthetic world only"),
+    # an output that would destroy an input or another kind of file is refused before any work
+    (DI + ["--out", "{r}/set.safetensors"], "is also the --sae input"),
+    (EV + ["--out", "{r}/set.safetensors"], "is also the --sae input"),
+    (EV + ["--out", "{r}/retrained.safetensors"], "already exists and is a safetensors file of format 'sae_concepts.sae_set', not a json file"),
+    (["itda", "--shards", "{r}/acts", "--out", "{r}/set.safetensors"], "not a safetensors file of format 'sae_concepts.itda_set'"),
+    (TW + ["--weights", "{r}/set.safetensors"], "--weights .*set.safetensors already exists"),
+    (["toyworld", "export", "--out", "{r}", "--weights", "{r}/w.safetensors"], "no training checkpoint there"),
+    # results that would be junk
+    (DI + ["--word-vectors", "{r}/vectors_other.txt"], "none of the dictionary's labels"),
+    (EV + ["--itda", "{r}/set.safetensors"], "not an ITDA set"),
+    (RP + ["--images", "{r}/nowhere"], "--images .*no folder of images"),
+    (["train", "--shards", "{r}/bad_manifest", "--out", "{r}/t.safetensors"], "not a collection manifest"),
+    # toyworld: refused before ComfyUI is imported or a step is taken
+    (TW + ["--ema-decay", "2"], "--ema-decay must be in 0..1"),
+    (TW + ["--batch-size", "0"], "--batch-size must be 1 or more"),
+    (TW + ["--lr", "nan"], "--lr must be a finite number > 0"),
+    (TW + ["--prompt-dropout", "1.5"], "--prompt-dropout must be in 0..1"),
+    (TW + ["--init", "foo"], "--init must be one of torch, unit"),
+    (TW + ["--threads", "0"], "--threads must be 1 or more"),
+    (TW + ["--stop-at", "-1"], "--stop-at must be 0"),
+    (TP + ["--spatial-betas", "abc"], "--spatial-betas 'abc': expected comma-separated finite numbers"),
+    (TP + ["--style-betas", "median:2"], "--style-betas 'median:2': expected normalisation:betas"),
+    (TP + ["--blocks", "output_blocks.6.1"], "--blocks 'output_blocks.6.1': not a collected block"),
+    (TP + ["--train-images", "0"], "--train-images must be 1 or more"),
     (["info", "{r}/nothere.safetensors"], "no such file or folder"),
     (["info", "{r}/not_json.json"], "unknown format"),
 ]

@@ -216,7 +216,7 @@ def seg_config(models, **kw):
 
 def test_segment_stage_writes_masks_resumes_and_guards_folders(tmp_path, models, collection):
     from sae_concepts.training.storage.masks import image_masks
-    from sae_concepts.training.segment.segment import DONE_FILE, segment_images
+    from sae_concepts.training.segment.segment import DONE_FILE, RUN_FILE, segment_images
     shards, _ = collection
     masks = segment_images(str(shards), str(tmp_path / "m"), seg_config(models), progress=False)
     records = {int(p.parent.name): json.loads(p.read_text()) for p in masks.glob(f"*/{DONE_FILE}")}
@@ -245,6 +245,13 @@ def test_segment_stage_writes_masks_resumes_and_guards_folders(tmp_path, models,
     with pytest.raises(SegmenterError, match="not made by the segmenter"):
         segment_images(str(shards), str(shards / "masks"), seg_config(models), progress=False)
     assert len(list((shards / "masks").glob("*/segment.json"))) == 0
+    # A run that failed before segmenting anything (a wrong model path) does not lock its folder.
+    typo = tmp_path / "typo"
+    with pytest.raises(SegmenterError):
+        segment_images(str(shards), str(typo), seg_config({**models, "sam": str(tmp_path / "no_sam")}), progress=False)
+    assert (typo / RUN_FILE).is_file()
+    assert segment_images(str(shards), str(typo), seg_config(models), progress=False) == typo
+    assert len(list(typo.glob(f"*/{DONE_FILE}"))) == 4
 
 
 def test_clip_tagger_drives_the_segment_stage(tmp_path, models, collection):

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
@@ -89,11 +89,17 @@ def read_toy_weights(path) -> tuple[ToyModelConfig, dict[str, torch.Tensor], dic
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"toy world weights not found: {path}")
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != FORMAT:
-        raise ConfigError(f"{path}: not a toy world weights file (format {meta.get('format')!r}, expected {FORMAT!r})")
-    return ToyModelConfig.from_json(meta["model_config"]), load_file(str(path)), meta
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != FORMAT:
+            raise ConfigError(f"{path}: not a toy world weights file (format {meta.get('format')!r}, expected {FORMAT!r})")
+        return ToyModelConfig.from_json(meta["model_config"]), load_file(str(path)), meta
+    except (SafetensorError, OSError, RuntimeError, KeyError, TypeError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"{path}: not a readable toy world weights file (truncated or corrupt?): "
+                          f"{type(e).__name__}: {e}") from e
 
 
 def weights_digest(path) -> str:

@@ -152,14 +152,19 @@ def check_collect_config(cfg: CollectConfig) -> None:
             "--text-encoders and --vae go with --diffusion-model (a --checkpoint file holds its own)")
 
 
+def check_sampler_names(sampler: str, scheduler: str, options=("--sampler", "--scheduler")) -> None:
+    """ComfyUI falls back to a default for a name it does not know; a run must not record one it did not use."""
+    import comfy.samplers
+    for name, value, known in ((options[0], sampler, comfy.samplers.KSampler.SAMPLERS),
+                               (options[1], scheduler, comfy.samplers.KSampler.SCHEDULERS)):
+        require(value in known, f"{name} {value!r} is not one of ComfyUI's: {', '.join(known)}")
+
+
 def collect(cfg: CollectConfig, model=None, clip=None, vae=None, prompts: list[str] | None = None,
             rank: int = 0, world: int = 1, progress: bool = True) -> Path:
     check_collect_config(cfg)
     check_writable(cfg.out, "--out")   # before loading a model and sampling, not after
-    import comfy.samplers
-    for name, value, known in (("--sampler", cfg.sampler, comfy.samplers.KSampler.SAMPLERS),
-                               ("--scheduler", cfg.scheduler, comfy.samplers.KSampler.SCHEDULERS)):
-        require(value in known, f"{name} {value!r} is not one of ComfyUI's: {', '.join(known)}")
+    check_sampler_names(cfg.sampler, cfg.scheduler)
     import comfy.sample
     from ...host.block_patch import TimestepRecorder, patch_block
     from ...host.loaders import check_family

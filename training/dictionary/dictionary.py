@@ -17,13 +17,13 @@ import torch
 import torch.nn.functional as F
 
 from ...sae_core import load_sae
-from ...sae_core.atomic import check_writable
-from ...sae_core.concept_dictionary import ConceptDictionary, SAEConcepts
+from ...sae_core.atomic import check_replaceable, check_writable
+from ...sae_core.concept_dictionary import FORMAT_NAME, ConceptDictionary, SAEConcepts
 from ...sae_core.errors import ConfigError, finite, require
 from ..storage.masks import LAYOUT, image_masks, image_size, mask_coverage
 from ..segment.segment import SegmentConfig, segment_images
 from ..storage.shards import ShardSet
-from .word_vectors import load_word_vectors
+from .word_vectors import WordVectorError, embed_label, load_word_vectors
 
 
 @dataclass
@@ -99,6 +99,7 @@ def build_dictionary(cfg: DictionaryConfig, progress: bool = True,
     <shards>/masks); otherwise --masks must hold the user's own."""
     check_config(cfg)
     check_writable(Path(cfg.out).parent, "--out")
+    check_replaceable(cfg.out, "--out", "json", FORMAT_NAME, inputs={"--sae": cfg.sae, "--word-vectors": cfg.word_vectors})
     shards = ShardSet.open(cfg.shards)
     sae_set = load_sae(cfg.sae)
     if segment is not None and segment.enabled():
@@ -107,7 +108,7 @@ def build_dictionary(cfg: DictionaryConfig, progress: bool = True,
         raise ConfigError(f"masks folder {cfg.masks!r} not found: give --masks with object masks laid out as "
                           f"{LAYOUT}, or --grounding-dino and --sam weight folders to make them")
     mask_coverage(cfg.masks, [pid for s in shards.shards for pid in s.get("prompt_ids", [])])
-    load_word_vectors(cfg.word_vectors)   # a bad vectors file is found now, not after the work
+    kv = load_word_vectors(cfg.word_vectors)   # a bad vectors file is found now, not after the work
     images_dir = Path(cfg.shards) / "images"
     entries = []
     for _, e, key in shards.held_saes(sae_set, cfg.sae):
@@ -137,9 +138,14 @@ def build_dictionary(cfg: DictionaryConfig, progress: bool = True,
         raise ConfigError(f"no concept of {cfg.sae} overlaps any mask in {cfg.masks} with IoU > {cfg.iou} (activation "
                           f"threshold {cfg.threshold}): the dictionary would be empty. Check that the masks belong "
                           f"to the images of {cfg.shards}, or lower --iou / --threshold")
+    labels = sorted({lab for e in entries for c in e.concepts.values() for lab in c["labels"]})
+    if not any(embed_label(kv, lab) is not None for lab in labels):
+        raise WordVectorError(f"--word-vectors {cfg.word_vectors or '(GloVe 6B 50d)'}: none of the dictionary's labels "
+                              f"({', '.join(labels[:5])}{', ...' if len(labels) > 5 else ''}) has a word vector, so no "
+                              f"concept could be looked up by word; give vectors that know these words")
     dictionary = ConceptDictionary.for_sae_set(sae_set, entries)
     dictionary.save(cfg.out)
-    save_embeddings(dictionary, cfg.word_vectors, Path(cfg.out).with_suffix(".embeddings.npz"))
+    save_embeddings(dictionary, kv, Path(cfg.out).with_suffix(".embeddings.npz"))
     return dictionary
 
 
@@ -153,10 +159,9 @@ def concept_embeddings(concepts: SAEConcepts, kv) -> dict[int, np.ndarray]:
     return out
 
 
-def save_embeddings(dictionary: ConceptDictionary, word_vectors: str, path: Path) -> None:
+def save_embeddings(dictionary: ConceptDictionary, kv, path: Path) -> None:
+    """Each concept's label embedding beside the dictionary (kv: the loaded word vectors)."""
     from ...sae_core.atomic import atomic_path
-    from .word_vectors import load_word_vectors
-    kv = load_word_vectors(word_vectors)
     arrays = {}
     for i, e in enumerate(dictionary.entries):
         emb = concept_embeddings(e, kv)

@@ -39,15 +39,20 @@ def load_word_vectors(path: str = ""):
         raise WordVectorError(f"word vectors file {p} not found")
     try:
         if p.suffix == ".kv":
-            return KeyedVectors.load(str(p))
-        if p.suffix == ".bin":
-            return KeyedVectors.load_word2vec_format(str(p), binary=True)
-        with open(p, encoding="utf-8") as f:
-            first = f.readline().split()
-        no_header = not (len(first) == 2 and all(x.isdigit() for x in first))   # GloVe files have none
-        return KeyedVectors.load_word2vec_format(str(p), binary=False, no_header=no_header)
+            kv = KeyedVectors.load(str(p))
+        elif p.suffix == ".bin":
+            kv = KeyedVectors.load_word2vec_format(str(p), binary=True)
+        else:
+            with open(p, encoding="utf-8") as f:
+                first = f.readline().split()
+            no_header = not (len(first) == 2 and all(x.isdigit() for x in first))   # GloVe files have none
+            kv = KeyedVectors.load_word2vec_format(str(p), binary=False, no_header=no_header)
     except Exception as e:  # noqa: BLE001
         raise WordVectorError(f"{p}: cannot be read as word vectors ({type(e).__name__}: {e})") from e
+    if len(kv.key_to_index) == 0 or kv.vector_size == 0:
+        raise WordVectorError(f"{p}: holds {len(kv.key_to_index)} words of {kv.vector_size} dimensions; expected word "
+                              f"vectors (e.g. GloVe's text format: a word and its numbers per line)")
+    return kv
 
 
 def embed_label(kv, label: str) -> np.ndarray | None:

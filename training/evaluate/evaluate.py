@@ -14,8 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from ...sae_core import SD1_BLOCKS, load_sae
-from ...sae_core.atomic import check_writable, write_text_atomic
+from ...sae_core.atomic import check_replaceable, check_writable, write_text_atomic
 from ...sae_core.concept_dictionary import ConceptDictionary
+from ...sae_core.fingerprint import sae_set_fingerprint
+from ...sae_core.itda import ItdaDictionary
 from ...sae_core.errors import ConfigError, finite, require
 from ..dictionary.dictionary import concept_embeddings, image_codes, iou_matrix
 from ..storage.masks import image_masks, image_size, mask_coverage
@@ -207,6 +209,8 @@ def evaluate(cfg: EvaluateConfig) -> list[dict]:
     images had masks, objects scored per label; null without --masks)."""
     check_config(cfg)
     check_writable(Path(cfg.out).parent, "--out")
+    check_replaceable(cfg.out, "--out", "json", inputs={"--sae": cfg.sae, "--dictionary": cfg.dictionary,
+                                                        "--itda": cfg.itda, "--word-vectors": cfg.word_vectors})
     shards = ShardSet.open(cfg.shards)
     sae_set = load_sae(cfg.sae)
     dictionary = ConceptDictionary.load(cfg.dictionary) if cfg.dictionary else None
@@ -217,6 +221,9 @@ def evaluate(cfg: EvaluateConfig) -> list[dict]:
         masks = mask_coverage(cfg.masks, [pid for s in shards.shards for pid in s.get("prompt_ids", [])])
     kv = load_word_vectors(cfg.word_vectors)
     itda_set = load_sae(cfg.itda) if cfg.itda else None
+    if itda_set is not None and not all(isinstance(x.sae, ItdaDictionary) for x in itda_set):
+        raise ConfigError(f"--itda {cfg.itda}: not an ITDA set (it holds SAEs; `sae-concepts itda` writes ITDA sets). "
+                          f"Give the SAE set as --sae")
     rows = []
     for _, e, key in shards.held_saes(sae_set, cfg.sae):
         row = {"block": e.info.block, "block_diffusers": e.info.block_diffusers, "t": e.info.t,
@@ -248,7 +255,10 @@ def evaluate(cfg: EvaluateConfig) -> list[dict]:
     order = {b: i for i, b in enumerate(SD1_BLOCKS)}
     rows = [no_nan(r) for r in rows]
     rows.sort(key=lambda r: (order.get(r["block"], 99), -(r["t"] if r["t"] is not None else 2), r["cond"]))
-    write_text_atomic(cfg.out, json.dumps({"rows": rows, "masks": masks}, indent=1, allow_nan=False))
+    # The set the rows describe, so `report` can refuse metrics of another set beside this one's cards.
+    made_from = {"sae_file": Path(cfg.sae).name, "fingerprint": sae_set_fingerprint(sae_set)}
+    write_text_atomic(cfg.out, json.dumps({"rows": rows, "masks": masks, "built_from": made_from}, indent=1,
+                                          allow_nan=False))
     return rows
 
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...sae_core import SAEEntry, SAEInfo
-from ...sae_core.atomic import check_writable
+from ...sae_core.atomic import check_replaceable, check_writable
 from ...sae_core.errors import require
-from ...sae_core.itda import ItdaConfig, build_itda, save_itda_set
+from ...sae_core.itda import FORMAT_NAME as ITDA_FORMAT, ItdaConfig, build_itda, save_itda_set
 from ..storage.shards import ShardSet, parse_key
 from ..train.train import select_keys
 
@@ -52,6 +52,7 @@ def build_itda_set(cmd: ItdaCommandConfig, progress: bool = True) -> list[SAEEnt
     shards = ShardSet.open(cmd.shards)
     keys = select_keys(shards, cmd.only)
     check_writable(Path(cmd.out).parent, "--out")
+    check_replaceable(cmd.out, "--out", "safetensors", ITDA_FORMAT)
     shards.verify_all(keys, progress=progress)
     entries = []
     for key in keys:

@@ -78,6 +78,10 @@ def open_masks_folder(masks: Path, cfg: SegmentConfig) -> None:
     settings = run_settings(cfg)
     if run_file.is_file():
         before = json.loads(run_file.read_text())
+        if before != settings and not any(masks.glob(f"*/{DONE_FILE}")):
+            # nothing was segmented under the old settings (a typo in a model path, say): take the new ones
+            write_text_atomic(run_file, json.dumps(settings, indent=1))
+            return
         if before != settings:
             diff = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
             raise SegmenterError(f"{masks} was made with other segmenter settings {diff} (before, now); "

@@ -139,8 +139,15 @@ class ShardSet:
                 data = json.loads(m.read_text())
             except json.JSONDecodeError as e:
                 raise ShardError(f"{m}: manifest is not valid JSON ({e})") from e
+            listed = data.get("shards") if isinstance(data, dict) else None
+            if not isinstance(listed, list) or not all(
+                    isinstance(s, dict) and isinstance(s.get("file"), str) and isinstance(s.get("counts"), dict)
+                    and "bytes" in s for s in listed):
+                raise ShardError(f"{m}: not a collection manifest (expected {{\"shards\": [{{\"file\", \"bytes\", "
+                                 f"\"counts\", ...}}]}}, found {type(data).__name__} "
+                                 f"{str(data)[:80]!r}); it was edited or written by something else")
             config = config or data.get("config", {})
-            shards += data["shards"]
+            shards += listed
         shards.sort(key=lambda s: (s["file"]))
         return cls(root, shards, config)
 

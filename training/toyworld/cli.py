@@ -3,12 +3,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ...sae_core.errors import ConfigError
+
 
 def cmd_train(a) -> int:
     from ...host.comfy_env import import_comfy
     from ..dataclass_cli import dataclass_from_args
-    from .train import CHECKPOINT, ToyTrainConfig, export_weights, train, training_device
+    from .train import CHECKPOINT, ToyTrainConfig, check_train_config, check_weights_out, export_weights, train, training_device
     cfg = dataclass_from_args(ToyTrainConfig, a)
+    if a.stop_at < 0:
+        raise ConfigError(f"--stop-at must be 0 (run to --steps) or a step, got {a.stop_at}")
+    check_train_config(cfg)
+    check_weights_out(Path(a.weights or Path(cfg.out) / "toyworld.safetensors"))   # before hours of training
     import_comfy(cpu=training_device(cfg.device).type == "cpu")   # checked before ComfyUI looks for a GPU
     trainer = train(cfg, progress=not a.quiet, stop_at=a.stop_at or None)
     weights = export_weights(Path(cfg.out) / CHECKPOINT, Path(a.weights or Path(cfg.out) / "toyworld.safetensors"))
@@ -29,6 +35,8 @@ def cmd_evaluate(a) -> int:
     from .evaluate import ToyEvalConfig, evaluate_model
     import_comfy(cpu=True)
     import torch
+    if a.threads < 1:
+        raise ConfigError(f"--threads must be 1 or more, got {a.threads}")
     torch.set_num_threads(a.threads)
     cfg = dataclass_from_args(ToyEvalConfig, a)
     s = evaluate_model(cfg, progress=not a.quiet)["summary"]

@@ -8,13 +8,15 @@ the sample, not the vocabulary.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ...sae_core.atomic import write_text_atomic
+from ...sae_core.atomic import check_replaceable, write_text_atomic
+from ...sae_core.errors import require
 from .detect import detect
 from ...host.toyworld.sampling import DEFAULT_SAMPLER, SHIPPED_WEIGHTS, load_toy_model, sample_images
 from ...host.toyworld.world import parse_prompt, sample_scene
@@ -77,9 +79,22 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
+def check_eval_config(cfg: ToyEvalConfig) -> None:
+    from ..collect.collect import check_sampler_names
+    require(cfg.prompts >= 2, f"--prompts must be 2 or more (half have one object, half two), got {cfg.prompts}")
+    require(cfg.batch_size >= 1 and cfg.steps >= 1,
+            f"--batch-size and --steps must be 1 or more, got {cfg.batch_size} and {cfg.steps}")
+    require(math.isfinite(cfg.cfg) and cfg.cfg >= 0, f"--cfg must be a finite number >= 0, got {cfg.cfg}")
+    require(not cfg.grid or Path(cfg.grid).suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"),
+            f"--grid {cfg.grid}: give a .png, .jpg or .webp file")
+    check_sampler_names(cfg.sampler_name, cfg.scheduler, ("--sampler-name", "--scheduler"))
+    check_replaceable(cfg.out, "--out", "json", inputs={"--weights": cfg.weights})
+
+
 def evaluate_model(cfg: ToyEvalConfig, model=None, progress: bool = True) -> dict:
     """Sample cfg.prompts held-out prompts and judge them; writes cfg.out (and cfg.grid)."""
     from tqdm import tqdm
+    check_eval_config(cfg)
     patcher, text_encoder = model or load_toy_model(cfg.weights)
     prompts = held_out_prompts(cfg.prompts, cfg.seed)
     rows, images = [], []

@@ -23,10 +23,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ...sae_core.atomic import atomic_path
+from ...sae_core.atomic import atomic_path, check_replaceable
 from ...sae_core.errors import ConfigError
 from ..dataclass_cli import saved_setting
-from ...host.toyworld.model import ToyModelConfig, ToyTextEncoder, build_unet, image_to_latent
+from ...host.toyworld.sampling import FORMAT as WEIGHTS_FORMAT
+from ...host.toyworld.model import INITS, ToyModelConfig, ToyTextEncoder, build_unet, image_to_latent
 from ...host.toyworld.world import PAD, TOKEN_ID, Scene, free_object, misbound, render, sample_scene, tokenize
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -423,17 +424,66 @@ class ToyTrainer:
             self.schedule.append(entry)
 
 
+def check_weights_out(out: Path) -> None:
+    """The exported weights may replace an earlier export, never another kind of file."""
+    check_replaceable(out, "--weights", "safetensors", WEIGHTS_FORMAT)
+
+
 def export_weights(ckpt: Path, out: Path, dtype=torch.float16) -> Path:
     """The shipped file: EMA weights of U-Net (diffusion_model.*) and text encoder
     (text_encoder.*) in fp16, with the model config, recipe and step as metadata."""
-    from safetensors import safe_open
-    with safe_open(str(ckpt), "pt") as f:
-        meta = f.metadata()
-    t = load_file(str(ckpt))
+    from safetensors import SafetensorError, safe_open
+    check_weights_out(out)
+    if not Path(ckpt).is_file():
+        raise ConfigError(f"{ckpt}: no training checkpoint there (`sae-concepts toyworld train --out "
+                          f"{Path(ckpt).parent}` writes it)")
+    try:
+        with safe_open(str(ckpt), "pt") as f:
+            meta = f.metadata() or {}
+        t = load_file(str(ckpt))
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        raise ConfigError(f"{ckpt}: not a readable safetensors checkpoint (truncated or corrupt?): {e}") from e
     weights = {k[4:]: v.to(dtype).contiguous() for k, v in t.items() if k.startswith("ema.")}
+    if not weights or "model_config" not in meta:
+        raise ConfigError(f"{ckpt}: not a Toy World training checkpoint (expected ema.* tensors and a model_config "
+                          f"in its metadata; found {len(t)} tensors, metadata keys {sorted(meta)[:6]})")
     with atomic_path(out) as tmp:
-        save_file(weights, str(tmp), metadata={"format": "sae-concepts-toyworld-v1", **meta})
+        save_file(weights, str(tmp), metadata={"format": WEIGHTS_FORMAT, **meta})
     return out
+
+
+def check_train_config(cfg: ToyTrainConfig) -> None:
+    """Every option in its range, before anything is written (a bad value would otherwise train
+    for hours, or fail deep inside the optimizer)."""
+    def finite(x):
+        return isinstance(x, (int, float)) and math.isfinite(x)
+    share = "in 0..1"
+    checks = [("--steps", cfg.steps, cfg.steps >= 1, "1 or more"),
+              ("--batch-size", cfg.batch_size, cfg.batch_size >= 1, "1 or more"),
+              ("--lr", cfg.lr, finite(cfg.lr) and cfg.lr > 0, "a finite number > 0"),
+              ("--warmup", cfg.warmup, cfg.warmup >= 0, "0 or more"),
+              ("--lr-floor", cfg.lr_floor, finite(cfg.lr_floor) and 0 <= cfg.lr_floor <= 1, "a fraction in 0..1"),
+              ("--weight-decay", cfg.weight_decay, finite(cfg.weight_decay) and cfg.weight_decay >= 0, "0 or more"),
+              ("--ema-decay", cfg.ema_decay, finite(cfg.ema_decay) and 0 <= cfg.ema_decay < 1, "in 0..1 (1 excluded)"),
+              ("--min-snr-gamma", cfg.min_snr_gamma, finite(cfg.min_snr_gamma) and cfg.min_snr_gamma >= 0, "0 (off) or more"),
+              ("--offset-noise", cfg.offset_noise, finite(cfg.offset_noise) and cfg.offset_noise >= 0, "0 (off) or more"),
+              ("--latent-scale", cfg.latent_scale, finite(cfg.latent_scale) and cfg.latent_scale > 0, "a finite number > 0"),
+              ("--grad-clip", cfg.grad_clip, finite(cfg.grad_clip) and cfg.grad_clip > 0, "a finite number > 0"),
+              ("--threads", cfg.threads, cfg.threads >= 1, "1 or more"),
+              ("--checkpoint-every", cfg.checkpoint_every, cfg.checkpoint_every >= 1, "1 or more"),
+              ("--workers", cfg.workers, cfg.workers >= 0, "0 (draw batches in the loop) or more"),
+              ("--init", cfg.init, cfg.init in INITS, f"one of {', '.join(INITS)}"),
+              ("--skip-dropout-loss", cfg.skip_dropout_loss, cfg.skip_dropout_loss in SKIP_DROPOUT_LOSSES,
+               f"one of {', '.join(SKIP_DROPOUT_LOSSES)}")]
+    checks += [(f"--{name.replace('_', '-')}", getattr(cfg, name), finite(getattr(cfg, name)) and 0 <= getattr(cfg, name) <= 1, share)
+               for name in ("prompt_dropout", "omit_style", "two_object_share", "skip_dropout", "stray_objects",
+                            "misbound_objects")]
+    for option, value, ok, expected in checks:
+        if not ok:
+            raise ConfigError(f"{option} must be {expected}, got {value!r}")
+    if cfg.skip_dropout_loss == "coarse" and cfg.skip_dropout <= 0:
+        raise ConfigError("--skip-dropout-loss coarse scores skip-dropped scenes, but --skip-dropout is 0: "
+                          "nothing is dropped; give --skip-dropout P (0 < P <= 1) or leave the loss at full")
 
 
 def train(cfg: ToyTrainConfig, model_cfg: ToyModelConfig | None = None, progress: bool = True,
@@ -441,23 +491,8 @@ def train(cfg: ToyTrainConfig, model_cfg: ToyModelConfig | None = None, progress
     """Run (or resume) training to cfg.steps. `stop_after` ends this session after that many more
     steps (tests); `stop_at` ends the run at that step (the lr schedule still spans cfg.steps)."""
     from tqdm import tqdm
+    check_train_config(cfg)
     torch.set_num_threads(cfg.threads)
-    if cfg.workers < 0:
-        raise ConfigError(f"--workers must be 0 (draw batches in the loop) or more, got {cfg.workers}")
-    if not 0.0 <= cfg.two_object_share <= 1.0:
-        raise ConfigError(f"--two-object-share must be in 0..1, got {cfg.two_object_share}")
-    if cfg.skip_dropout_loss not in SKIP_DROPOUT_LOSSES:
-        raise ConfigError(f"--skip-dropout-loss must be one of {', '.join(SKIP_DROPOUT_LOSSES)}, "
-                          f"got {cfg.skip_dropout_loss!r}")
-    if cfg.skip_dropout_loss == "coarse" and cfg.skip_dropout <= 0:
-        raise ConfigError("--skip-dropout-loss coarse scores skip-dropped scenes, but --skip-dropout is 0: "
-                          "nothing is dropped; give --skip-dropout P (0 < P <= 1) or leave the loss at full")
-    if not 0.0 <= cfg.stray_objects <= 1.0:
-        raise ConfigError(f"--stray-objects must be in 0..1, got {cfg.stray_objects}")
-    if not 0.0 <= cfg.misbound_objects <= 1.0:
-        raise ConfigError(f"--misbound-objects must be in 0..1, got {cfg.misbound_objects}")
-    if not (math.isfinite(cfg.latent_scale) and cfg.latent_scale > 0):
-        raise ConfigError(f"--latent-scale must be a finite number > 0, got {cfg.latent_scale}")
     trainer = ToyTrainer(cfg, model_cfg)   # checks the device and --init-from before anything is written
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,9 @@ class TrainCommandConfig:
 
 def select_keys(shards: ShardSet, only: str) -> list[str]:
     parts = [p.strip() for p in only.split(",") if p.strip()]
+    if not shards.keys():
+        raise ConfigError(f"{shards.root}: the collection lists no finished shard (was `collect` stopped before its "
+                          f"first shard? run it again to resume)")
     keys = [k for k in shards.keys() if all(p in k for p in parts)]
     if not keys:
         raise ConfigError(f"--only {only!r}: no activation key matches {parts}; keys in {shards.root}: "

@@ -69,6 +69,65 @@ def collected_blocks(text: str) -> frozenset[str]:
         raise ToyPaperError(f"--collect-blocks {text!r}: {e}") from None
 
 
+def parse_betas(text: str, option: str) -> list[float]:
+    """A comma-separated beta list ("4,16,64"), or a ToyPaperError naming the option."""
+    import math
+    try:
+        betas = [float(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        betas = []
+    if not betas or not all(math.isfinite(b) for b in betas):
+        raise ToyPaperError(f"{option} {text!r}: expected comma-separated finite numbers, e.g. 4,16,64")
+    return betas
+
+
+def parse_style_betas(text: str) -> dict[str, list[float]]:
+    """"sum:10,1000;mean:2,8" -> {normalisation: betas}, or a ToyPaperError."""
+    from ....sae_core.interventions import NORMALISATIONS
+    out = {}
+    for part in text.split(";"):
+        if part.strip():
+            norm, _, betas = part.partition(":")
+            if norm.strip() not in NORMALISATIONS or not betas:
+                raise ToyPaperError(f"--style-betas {text!r}: expected normalisation:betas parts separated by ';', "
+                                    f"normalisation one of {', '.join(NORMALISATIONS)} (e.g. sum:10,1000;mean:2,8)")
+            out[norm.strip()] = parse_betas(betas, "--style-betas")
+    if not out:
+        raise ToyPaperError(f"--style-betas {text!r}: no normalisation:betas part (e.g. sum:10,1000;mean:2,8)")
+    return out
+
+
+STAGE_OUTPUTS = ("sae_set.safetensors", "concept_dictionary.json", "metrics.json", "acts")
+
+
+def check_paper_config(cfg: ToyPaperConfig) -> None:
+    """Every setting usable, before any work: a bad beta list or block would otherwise fail (or
+    measure the wrong thing) after the collection and SAE training."""
+    from pathlib import Path
+    for option, value in (("--train-images", cfg.train_images), ("--heldout-images", cfg.heldout_images),
+                          ("--eval-images", cfg.eval_images), ("--steer-images", cfg.steer_images),
+                          ("--steps", cfg.steps), ("--threads", cfg.threads)):
+        if value < 1:
+            raise ToyPaperError(f"{option} must be 1 or more, got {value}")
+    parse_betas(cfg.spatial_betas, "--spatial-betas")
+    parse_betas(cfg.suppress_betas, "--suppress-betas")
+    parse_style_betas(cfg.style_betas)
+    collected = collected_blocks(cfg.collect_blocks)
+    if cfg.blocks != "auto":
+        from ....sae_core.families import get_family
+        try:
+            block = get_family("toyworld").canonical_block(cfg.blocks)
+        except ValueError as e:
+            raise ToyPaperError(f"--blocks {cfg.blocks!r}: {e}") from None
+        if block not in collected:
+            raise ToyPaperError(f"--blocks {cfg.blocks!r}: not a collected block (collected: {', '.join(sorted(collected))}; "
+                                f"give one of them, or auto)")
+    out = Path(cfg.out)
+    if out.is_dir() and not (out / "paper_config.json").exists() and any((out / n).exists() for n in STAGE_OUTPUTS):
+        raise ToyPaperError(f"--out {out} holds another run's outputs (e.g. {next(n for n in STAGE_OUTPUTS if (out / n).exists())}) "
+                            f"but no paper_config.json: it is not a toyworld paper run; use a new --out folder")
+
+
 def check_resume(cfg: ToyPaperConfig, config_path) -> None:
     """Refuse to resume a run folder made with different FIXED_ON_RESUME settings (a setting the
     folder's paper_config.json predates counts as its default). The weights are compared by

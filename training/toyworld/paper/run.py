@@ -11,7 +11,7 @@ from ....sae_core.atomic import write_text_atomic
 
 from .composition import add_style_labels, run_composition, style_edit_size
 from ....host.toyworld.sampling import weights_digest
-from .config import ToyPaperConfig, check_resume
+from .config import ToyPaperConfig, check_paper_config, check_resume, parse_betas
 from .figure import condition_figure, spatial_figure
 from .sensitivity import run_sensitivity
 from .steering import run_steering
@@ -23,6 +23,7 @@ from .tables import add_to_report, condition_caption, reading_lines, tables_mark
 def run_paper(cfg: ToyPaperConfig, progress: bool = True) -> dict:
     from ....host.toyworld.comfy_parts import load_toy_parts
     from ....host.toyworld.sampling import weights_metadata
+    check_paper_config(cfg)
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -55,7 +56,7 @@ def run_paper(cfg: ToyPaperConfig, progress: bool = True) -> dict:
     pics = []
     if steering:
         import shutil
-        beta = max(float(b) for b in cfg.spatial_betas.split(","))
+        beta = max(parse_betas(cfg.spatial_betas, "--spatial-betas"))
         figure = spatial_figure(out, beta, title=f"Spatial steering, {Path(cfg.weights).name} ({trained}): "
                                                  f"put an object not in the prompt into a quadrant (both CFG rows)")
         if figure is not None:
@@ -89,8 +90,9 @@ def machine_description(threads: int) -> str:
 def cmd_paper(a) -> int:
     from ....host.comfy_env import import_comfy
     from ...dataclass_cli import dataclass_from_args
-    import_comfy(cpu=True)
     cfg = dataclass_from_args(ToyPaperConfig, a)
+    check_paper_config(cfg)   # before ComfyUI is imported: a bad setting is refused at once
+    import_comfy(cpu=True)
     print_paper_summary(run_paper(cfg, progress=not a.quiet))
     return 0
 

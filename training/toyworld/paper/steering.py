@@ -11,7 +11,7 @@ import torch
 from ....sae_core.atomic import write_text_atomic
 from ....host.toyworld.world import COLOURS, SHAPES, STYLES, Scene, sample_scene, scene_prompt, ToyObject
 
-from .config import ToyPaperConfig, WINDOWS
+from .config import ToyPaperConfig, WINDOWS, parse_betas, parse_style_betas
 
 
 # -- steering (stage 4) -----------------------------------------------------------------------
@@ -235,15 +235,6 @@ def save_strip(images: list[np.ndarray], path: Path, scale: int = 2) -> None:
         save_grid(images, path, columns=len(images), scale=scale)
 
 
-def parse_style_betas(text: str) -> dict[str, list[float]]:
-    out = {}
-    for part in text.split(";"):
-        if part.strip():
-            norm, betas = part.split(":")
-            out[norm.strip()] = [float(b) for b in betas.split(",")]
-    return out
-
-
 def run_steering(cfg: ToyPaperConfig, model, clip, sae_path, dict_path, progress: bool = True) -> dict:
     from tqdm import tqdm
     out = Path(cfg.out) / "steering"
@@ -251,21 +242,21 @@ def run_steering(cfg: ToyPaperConfig, model, clip, sae_path, dict_path, progress
     steerer = Steerer(cfg, model, clip, sae_path, dict_path)
     plan = []   # (kind, name, beta, window, rows, normalisation)
     for w, win in WINDOWS.items():
-        for b in [float(x) for x in cfg.spatial_betas.split(",")]:
+        for b in parse_betas(cfg.spatial_betas, "--spatial-betas"):
             plan.append(("spatial", f"spatial_{w}_b{b:g}_both", b, win, "both", None))
         for norm, betas in parse_style_betas(cfg.style_betas).items():
             for b in betas:
                 plan.append(("style", f"style_{w}_{norm}_b{b:g}_both", b, win, "both", norm))
     # cond rows only (CFG then multiplies the edit by the guidance scale): every beta early, the
     # largest in the other windows.
-    spatial = [float(x) for x in cfg.spatial_betas.split(",")]
+    spatial = parse_betas(cfg.spatial_betas, "--spatial-betas")
     for w, win in WINDOWS.items():
         for b in (spatial if w == "early" else spatial[-1:]):
             plan.append(("spatial", f"spatial_{w}_b{b:g}_cond", b, win, "cond", None))
     full = (0.0, 1.0)
     for target in ("object", "style"):
         plan.append((f"suppress_{target}", f"suppress_{target}_remove_all", 0.0, full, "both", "remove"))
-        for b in [float(x) for x in cfg.suppress_betas.split(",")]:
+        for b in parse_betas(cfg.suppress_betas, "--suppress-betas"):
             plan.append((f"suppress_{target}", f"suppress_{target}_neg_b{b:g}", b, full, "both", "mean"))
     tasks = {k: steering_tasks(cfg, k, steerer) for k in ("spatial", "style", "suppress_object", "suppress_style")}
     refs: dict[str, dict] = {}
