@@ -179,8 +179,11 @@ class ConceptMapPreview(io.ComfyNode):
         images, masks, lines = [], [], []
         ids, words = parse_concept(concept) if concept.strip() else (None, [])
         if words:
-            if concepts is None:
+            if sae.dictionary is None:
                 raise ValueError(f"ConceptMapPreview: concept {concept!r} is a word but the SAE has no dictionary")
+            if concepts is None:
+                raise ValueError(f"ConceptMapPreview: concept {concept!r} is a word but the dictionary has no concepts "
+                                 f"for {entry.info.label()} (built before that SAE was trained?); give concept ids")
             ids = sorted({c for wd in words for c in concepts.lookup(wd)})
             if not ids:
                 from .concept_choice import nearest_labels

@@ -95,8 +95,12 @@ def file_kind(path: str | os.PathLike) -> tuple[str, str | None]:
                     if isinstance(header, dict):
                         meta = header.get("__metadata__") or {}
                         return "safetensors", meta.get("format") if isinstance(meta, dict) else None
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return "json", data.get("format") if isinstance(data, dict) else None
+            f.seek(0)
+            start = f.read(64).lstrip()
+        # JSON only where it can be: a multi-GB checkpoint given by mistake is not read whole.
+        if start[:1] in (b"{", b"[") and path.stat().st_size <= 256 * 2**20:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return "json", data.get("format") if isinstance(data, dict) else None
     return "other", None
 
 
@@ -104,8 +108,8 @@ def check_replaceable(path: str | os.PathLike, what: str, kind: str, fmt: str | 
                       inputs: dict[str, str | os.PathLike] | None = None) -> None:
     """Refuse, before any work, to write `path` over one of this run's inputs (`inputs`: option ->
     path) or over an existing file of another kind: a stage may replace its own earlier output
-    (a `kind` file, "json" or "safetensors", carrying format `fmt` when one is given), never an SAE
-    set, shard or checkpoint it was not asked to write."""
+    (a `kind` file, "json" or "safetensors", carrying format `fmt`, or none when fmt is None), never
+    an SAE set, shard, dictionary or checkpoint it was not asked to write."""
     path = Path(path)
     for option, given in (inputs or {}).items():
         if given and path.exists() and Path(given).exists() and path.resolve() == Path(given).resolve():
@@ -115,7 +119,7 @@ def check_replaceable(path: str | os.PathLike, what: str, kind: str, fmt: str | 
         raise OutputError(f"{what} {path} is a folder; give a file path")
     if path.exists():
         found, found_fmt = file_kind(path)
-        if found != kind or (fmt is not None and found_fmt != fmt):
+        if found != kind or found_fmt != fmt:   # fmt None: a file that names no format (metrics)
             expected = f"a {kind} file" + (f" of format {fmt!r}" if fmt else "")
             actual = f"a {found} file" + (f" of format {found_fmt!r}" if found_fmt else "")
             raise OutputError(f"{what} {path} already exists and is {actual}, not {expected} (this command's own "

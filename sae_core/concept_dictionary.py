@@ -84,13 +84,14 @@ class ConceptDictionary:
         prints = [sae_fingerprint(e.sae) for e in sae_set]
         covered = [(e, fp) for e, fp in zip(sae_set, prints) if _sae_key(e.info) in own]
         wrong = [e.info.label() for e, fp in covered if own[_sae_key(e.info)] != fp]
-        too_large = [f"{e.info.label()} (concept {max(own_cids[_sae_key(e.info)])} of {e.sae.n_latents})"
-                     for e, _ in covered if own_cids[_sae_key(e.info)] and hasattr(e.sae, "n_latents")
-                     and max(own_cids[_sae_key(e.info)]) >= e.sae.n_latents]
-        if too_large:
-            raise DictionaryMismatchError(f"concept dictionary {self.source or '(unsaved)'}: concept ids beyond the SAE's "
-                                          f"latents: {too_large[:3]}; the file was edited or is damaged")
         if covered and not wrong:
+            # The right weights, so ids beyond their latents mean an edited or damaged file.
+            too_large = [f"{e.info.label()} (concept {max(own_cids[_sae_key(e.info)])} of {e.sae.n_latents})"
+                         for e, _ in covered if own_cids[_sae_key(e.info)] and hasattr(e.sae, "n_latents")
+                         and max(own_cids[_sae_key(e.info)]) >= e.sae.n_latents]
+            if too_large:
+                raise DictionaryMismatchError(f"concept dictionary {self.source or '(unsaved)'}: concept ids beyond the "
+                                              f"SAE's latents: {too_large[:3]}; the file was edited or is damaged")
             missing = [e.info.label() for e in sae_set if _sae_key(e.info) not in own]
             if missing:
                 log.warning(f"concept dictionary {self.source}: has no concepts for {len(missing)} of the set's "

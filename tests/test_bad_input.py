@@ -408,7 +408,15 @@ def test_report_refuses_metrics_of_another_sae_set(world):
     import json
     from sae_concepts.training.evaluate.evaluate import evaluate
     from sae_concepts.training.report.report import build_report
+    from sae_concepts.sae_core.atomic import check_replaceable
+    from sae_concepts.training.dictionary.dictionary import DictionaryConfig, build_dictionary
     evaluate(evaluate_cfg(world))
+    evaluate(evaluate_cfg(world))                       # a stage may replace its own earlier output
+    build_dictionary(DictionaryConfig(shards=str(world / "eval"), sae=str(world / "set.safetensors"),
+                                      masks=str(world / "eval" / "masks"), out=str(world / "dict.json"),
+                                      word_vectors=str(world / "vectors.txt"), mask_size=IMG), progress=False)
+    with pytest.raises(SAEConceptsError, match="is a json file of format 'sae_concepts.concept_dictionary', not a json file"):
+        check_replaceable(world / "dict.json", "--out", "json")      # metrics over a dictionary
     metrics = json.loads((world / "metrics.json").read_text())
     assert metrics["built_from"]["sae_file"] == "set.safetensors"
     build_report(world / "report", world / "set.safetensors", world / "dict.json", world / "metrics.json", world / "eval")

@@ -14,7 +14,7 @@ def cmd_train(a) -> int:
     if a.stop_at < 0:
         raise ConfigError(f"--stop-at must be 0 (run to --steps) or a step, got {a.stop_at}")
     check_train_config(cfg)
-    check_weights_out(Path(a.weights or Path(cfg.out) / "toyworld.safetensors"))   # before hours of training
+    check_weights_out(Path(a.weights or Path(cfg.out) / "toyworld.safetensors"), cfg.init_from)   # before hours of training
     import_comfy(cpu=training_device(cfg.device).type == "cpu")   # checked before ComfyUI looks for a GPU
     trainer = train(cfg, progress=not a.quiet, stop_at=a.stop_at or None)
     weights = export_weights(Path(cfg.out) / CHECKPOINT, Path(a.weights or Path(cfg.out) / "toyworld.safetensors"))

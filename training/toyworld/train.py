@@ -424,9 +424,10 @@ class ToyTrainer:
             self.schedule.append(entry)
 
 
-def check_weights_out(out: Path) -> None:
-    """The exported weights may replace an earlier export, never another kind of file."""
-    check_replaceable(out, "--weights", "safetensors", WEIGHTS_FORMAT)
+def check_weights_out(out: Path, init_from: str = "") -> None:
+    """The exported weights may replace an earlier export, never another kind of file, nor the
+    weights a fine-tune starts from."""
+    check_replaceable(out, "--weights", "safetensors", WEIGHTS_FORMAT, inputs={"--init-from": init_from})
 
 
 def export_weights(ckpt: Path, out: Path, dtype=torch.float16) -> Path:
