@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--images", default="", help="folder of <id>.png images (default: <shards>/images)")
     rp.add_argument("--provenance-shards", default="", help="for an ITDA set: the collection it was built from, "
                     "whose images show each atom's source patch (default: the folder its file names)")
-    rp.add_argument("--out", default="report", help="report folder")
+    rp.add_argument("--out", default="report", help="report folder (default: report)")
     rp.set_defaults(func=cmd_report)
     i = sub.add_parser("info", help="describe an SAE file or folder in any supported format")
     i.add_argument("path", help="SAE file or folder (native, SDLens, sparsify or SAELens)")
