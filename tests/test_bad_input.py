@@ -419,7 +419,12 @@ def test_report_refuses_metrics_of_another_sae_set(world):
         check_replaceable(world / "dict.json", "--out", "json")      # metrics over a dictionary
     metrics = json.loads((world / "metrics.json").read_text())
     assert metrics["built_from"]["sae_file"] == "set.safetensors"
+    (world / "report").mkdir()
+    for name in ("s9_c99.png", "plot_old_metric.png", "my_notes.png"):   # an earlier report's cards; the user's file
+        (world / "report" / name).write_bytes(b"")
     build_report(world / "report", world / "set.safetensors", world / "dict.json", world / "metrics.json", world / "eval")
+    left = {p.name for p in (world / "report").glob("*.png")}
+    assert "my_notes.png" in left and not {"s9_c99.png", "plot_old_metric.png"} & left and "s0_c0.png" in left
     metrics["built_from"]["fingerprint"] = "0" * 16                  # as if evaluated on another set
     (world / "other_metrics.json").write_text(json.dumps(metrics))
     with pytest.raises(SAEConceptsError, match="other_metrics.json describes the SAE set set.safetensors"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -362,6 +363,12 @@ def build_report(out: Path, sae_path, dict_path, metrics_path, eval_shards, mask
             sections.append((e.info.label(), card))
     write_text_atomic(out / "index.html", render_html(rows, plots, constant, sections, synthetic_note, truth, smoke,
                                                       notes))
+    # Cards and plots an earlier report into this folder wrote and this one did not (another set,
+    # other concepts): left behind they would look like part of this report.
+    written = {f for _, card in sections for f in card["files"]} | set(plots)
+    for stale in [*out.glob("s*_c*.png"), *out.glob("plot_*.png")]:
+        if stale.name not in written and re.fullmatch(r"s\d+_c\d+\.png|plot_\w+\.png", stale.name):
+            stale.unlink()
     return out / "index.html"
 
 
