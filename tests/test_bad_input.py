@@ -432,6 +432,15 @@ def test_report_refuses_metrics_of_another_sae_set(world):
                      world / "eval")
 
 
+def test_a_collect_refused_after_it_made_its_out_folder_leaves_none_behind(tmp_path, comfy, capsys):
+    (tmp_path / "p.txt").write_text("a dog\n")
+    for bad in (["--sampler", "foo"], []):                      # refused before / while loading the model
+        rc, _, err = run_cli(capsys, "collect", "--checkpoint", tmp_path / "p.txt", "--prompts", tmp_path / "p.txt",
+                             "--out", tmp_path / "c", *bad)
+        assert rc == 2 and ("--sampler 'foo'" in err if bad else "cannot be loaded as a diffusion model" in err), err
+        assert not (tmp_path / "c").exists()
+
+
 def test_the_shard_repair_advice_works_on_a_real_collection(tmp_path, tiny_model):
     """Host tier: a shard of a real `collect` run (ComfyUI's SD1.x U-Net, tiny, random weights) is
     damaged in place; train names it and advises deleting it and rerunning collect; doing exactly

@@ -8,6 +8,7 @@ manifests (training/storage/shards.py) and, per prompt, the final image for the 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -162,6 +163,20 @@ def check_sampler_names(sampler: str, scheduler: str, options=("--sampler", "--s
 
 def collect(cfg: CollectConfig, model=None, clip=None, vae=None, prompts: list[str] | None = None,
             rank: int = 0, world: int = 1, progress: bool = True) -> Path:
+    """Record Delta for every prompt into cfg.out (resumable). A run that fails before writing
+    anything leaves no empty --out folder behind (a bad checkpoint path, say)."""
+    fresh = not Path(cfg.out).exists()
+    try:
+        return _collect(cfg, model, clip, vae, prompts, rank, world, progress)
+    except BaseException:
+        if fresh:
+            with contextlib.suppress(OSError):   # only an empty folder; another rank may be writing
+                Path(cfg.out).rmdir()
+        raise
+
+
+def _collect(cfg: CollectConfig, model, clip, vae, prompts: list[str] | None, rank: int, world: int,
+             progress: bool) -> Path:
     check_collect_config(cfg)
     check_writable(cfg.out, "--out")   # before loading a model and sampling, not after
     check_sampler_names(cfg.sampler, cfg.scheduler)
