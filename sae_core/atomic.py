@@ -83,19 +83,13 @@ def file_kind(path: str | os.PathLike) -> tuple[str, str | None]:
     """What an existing file is: ("json", its "format" field), ("safetensors", its metadata's
     "format") or ("other", None). Reads the JSON or the safetensors header only."""
     import json
-    import struct
+    from safetensors import SafetensorError, safe_open
     path = Path(path)
+    with contextlib.suppress(SafetensorError, OSError, RuntimeError, ValueError):
+        with safe_open(str(path), framework="pt") as f:   # reads the header only
+            return "safetensors", (f.metadata() or {}).get("format")
     with contextlib.suppress(OSError, ValueError, UnicodeDecodeError):
         with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) == 8:
-                n = struct.unpack("<Q", head)[0]
-                if 2 <= n <= 100_000_000:   # a safetensors file: an 8-byte length, then a JSON header
-                    header = json.loads(f.read(n))
-                    if isinstance(header, dict):
-                        meta = header.get("__metadata__") or {}
-                        return "safetensors", meta.get("format") if isinstance(meta, dict) else None
-            f.seek(0)
             start = f.read(64).lstrip()
         # JSON only where it can be: a multi-GB checkpoint given by mistake is not read whole.
         if start[:1] in (b"{", b"[") and path.stat().st_size <= 256 * 2**20:

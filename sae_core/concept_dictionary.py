@@ -71,24 +71,24 @@ class ConceptDictionary:
         name = Path(sae_set.source).name if sae_set.source else ""
         return cls(entries, built_from={"sae_file": name, "fingerprint": set_fingerprint(list(prints.values()))})
 
-    def check_built_from(self, sae_set) -> None:
+    def check_built_from(self, sae_set) -> str:
         """Raise DictionaryMismatchError unless this dictionary was built from `sae_set`'s weights:
         every SAE whose (block, t, cond) the dictionary covers must have the recorded fingerprint,
-        and it must cover at least one."""
+        and it must cover at least one. Returns the set's fingerprint (hashing the weights once for
+        callers that also record or compare it)."""
+        prints = [sae_fingerprint(e.sae) for e in sae_set]
         if not self.built_from.get("fingerprint"):
             log.warning(f"concept dictionary {self.source}: made before dictionaries recorded their SAE set "
                         f"(format_version 1); cannot check that it belongs to {sae_set.source}")
-            return
-        own = {(e.block, e.t, e.cond): e.sae_fingerprint for e in self.entries}
-        own_cids = {(e.block, e.t, e.cond): list(e.concepts) for e in self.entries}
-        prints = [sae_fingerprint(e.sae) for e in sae_set]
-        covered = [(e, fp) for e, fp in zip(sae_set, prints) if _sae_key(e.info) in own]
-        wrong = [e.info.label() for e, fp in covered if own[_sae_key(e.info)] != fp]
+            return set_fingerprint(prints)
+        own = {(e.block, e.t, e.cond): e for e in self.entries}
+        covered = [(e, fp, own[_sae_key(e.info)]) for e, fp in zip(sae_set, prints) if _sae_key(e.info) in own]
+        wrong = [e.info.label() for e, fp, mine in covered if mine.sae_fingerprint != fp]
         if covered and not wrong:
             # The right weights, so ids beyond their latents mean an edited or damaged file.
-            too_large = [f"{e.info.label()} (concept {max(own_cids[_sae_key(e.info)])} of {e.sae.n_latents})"
-                         for e, _ in covered if own_cids[_sae_key(e.info)] and hasattr(e.sae, "n_latents")
-                         and max(own_cids[_sae_key(e.info)]) >= e.sae.n_latents]
+            too_large = [f"{e.info.label()} (concept {max(mine.concepts)} of {e.sae.n_latents})"
+                         for e, _, mine in covered if mine.concepts and hasattr(e.sae, "n_latents")
+                         and max(mine.concepts) >= e.sae.n_latents]
             if too_large:
                 raise DictionaryMismatchError(f"concept dictionary {self.source or '(unsaved)'}: concept ids beyond the "
                                               f"SAE's latents: {too_large[:3]}; the file was edited or is damaged")
@@ -97,7 +97,7 @@ class ConceptDictionary:
                 log.warning(f"concept dictionary {self.source}: has no concepts for {len(missing)} of the set's "
                             f"{len(prints)} SAEs ({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}; built "
                             f"before they were trained?); they are left unlabelled")
-            return
+            return set_fingerprint(prints)
         why = (f"its SAEs for {wrong[:3]} have other weights" if wrong else
                f"it covers none of the set's SAEs (dictionary: {sorted({e.block for e in self.entries})}, "
                f"SAE set: {sae_set.blocks})")
@@ -143,12 +143,12 @@ class ConceptDictionary:
         entries = []
         try:
             for d in data["dictionaries"]:
-                concepts = {int(k): {"labels": list(v.get("labels", [])), "counts": dict(v.get("counts", {}))}
-                            for k, v in d["concepts"].items()}
+                concepts = {}
                 for k, v in d["concepts"].items():
                     labels = v.get("labels", [])
                     if int(k) < 0 or not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
                         raise ValueError(f"concept {k!r} of {d['block']}: ids must be >= 0 and labels a list of words")
+                    concepts[int(k)] = {"labels": list(labels), "counts": dict(v.get("counts", {}))}
                 entries.append(SAEConcepts(canonical_block(d["block"]), d.get("t"), d.get("cond", "both"), concepts,
                                            str(d.get("sae_fingerprint", ""))))
             built_from = dict(data.get("built_from") or {})

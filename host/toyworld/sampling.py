@@ -18,11 +18,10 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
 from torch import nn
 
 from ...sae_core.errors import ConfigError
+from ...sae_core.native_format import read_safetensors
 
 from .model import ToyModelConfig, ToyTextEncoder, image_to_latent, latent_to_image, UNSHUFFLE
 from .world import tokenize
@@ -89,17 +88,10 @@ def read_toy_weights(path) -> tuple[ToyModelConfig, dict[str, torch.Tensor], dic
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"toy world weights not found: {path}")
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("format") != FORMAT:
-            raise ConfigError(f"{path}: not a toy world weights file (format {meta.get('format')!r}, expected {FORMAT!r})")
-        return ToyModelConfig.from_json(meta["model_config"]), load_file(str(path)), meta
-    except (SafetensorError, OSError, RuntimeError, KeyError, TypeError, ValueError) as e:
-        if isinstance(e, ConfigError):
-            raise
-        raise ConfigError(f"{path}: not a readable toy world weights file (truncated or corrupt?): "
-                          f"{type(e).__name__}: {e}") from e
+    meta, tensors = read_safetensors(path)   # a truncated or corrupt file: one clear error
+    if meta.get("format") != FORMAT:
+        raise ConfigError(f"{path}: not a toy world weights file (format {meta.get('format')!r}, expected {FORMAT!r})")
+    return ToyModelConfig.from_json(meta["model_config"]), tensors, meta
 
 
 def weights_digest(path) -> str:

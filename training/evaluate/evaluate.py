@@ -214,8 +214,8 @@ def evaluate(cfg: EvaluateConfig) -> list[dict]:
     shards = ShardSet.open(cfg.shards)
     sae_set = load_sae(cfg.sae)
     dictionary = ConceptDictionary.load(cfg.dictionary) if cfg.dictionary else None
-    if dictionary is not None:
-        dictionary.check_built_from(sae_set)
+    # The set's fingerprint, recorded in the metrics (hashed once: the dictionary check computes it too).
+    set_print = dictionary.check_built_from(sae_set) if dictionary is not None else sae_set_fingerprint(sae_set)
     masks = None
     if cfg.masks:
         masks = mask_coverage(cfg.masks, [pid for s in shards.shards for pid in s.get("prompt_ids", [])])
@@ -256,7 +256,7 @@ def evaluate(cfg: EvaluateConfig) -> list[dict]:
     rows = [no_nan(r) for r in rows]
     rows.sort(key=lambda r: (order.get(r["block"], 99), -(r["t"] if r["t"] is not None else 2), r["cond"]))
     # The set the rows describe, so `report` can refuse metrics of another set beside this one's cards.
-    made_from = {"sae_file": Path(cfg.sae).name, "fingerprint": sae_set_fingerprint(sae_set)}
+    made_from = {"sae_file": Path(cfg.sae).name, "fingerprint": set_print}
     write_text_atomic(cfg.out, json.dumps({"rows": rows, "masks": masks, "built_from": made_from}, indent=1,
                                           allow_nan=False))
     return rows

@@ -18,7 +18,6 @@ from ...sae_core import load_sae
 from ...sae_core.atomic import check_writable, write_text_atomic
 from ...sae_core.concept_dictionary import ConceptDictionary
 from ...sae_core.errors import ConfigError, DictionaryMismatchError, SAEConceptsError, SAEFileError
-from ...sae_core.fingerprint import sae_set_fingerprint
 from ...sae_core.foreign_formats import read_json
 from ...sae_core.itda import ItdaDictionary
 from ..dictionary.dictionary import image_codes
@@ -329,12 +328,12 @@ def build_report(out: Path, sae_path, dict_path, metrics_path, eval_shards, mask
         raise ConfigError(f"--images {images_dir}: no folder of images (<prompt id>.png) there; leave --images out to "
                           f"use {Path(eval_shards) / 'images'}")
     dictionary = ConceptDictionary.load(dict_path)
-    dictionary.check_built_from(sae_set)
+    set_print = dictionary.check_built_from(sae_set)
     made_from = metrics.get("built_from") or {}   # absent in metrics written before it was recorded
-    if made_from.get("fingerprint") and made_from["fingerprint"] != sae_set_fingerprint(sae_set):
+    if made_from.get("fingerprint") and made_from["fingerprint"] != set_print:
         raise DictionaryMismatchError(
             f"--metrics {metrics_path} describes the SAE set {made_from.get('sae_file')} (fingerprint "
-            f"{made_from['fingerprint']}), not {sae_path} (fingerprint {sae_set_fingerprint(sae_set)}): the report "
+            f"{made_from['fingerprint']}), not {sae_path} (fingerprint {set_print}): the report "
             f"would put one set's metrics beside another's concepts. Run `sae-concepts evaluate --sae {sae_path}` first")
     plots, constant = plot_metrics(rows, out)
     shards = ShardSet.open(eval_shards)

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from ...sae_core.atomic import atomic_path, check_replaceable
 from ...sae_core.errors import ConfigError
+from ...sae_core.native_format import read_safetensors
 from ..dataclass_cli import saved_setting
 from ...host.toyworld.sampling import FORMAT as WEIGHTS_FORMAT
 from ...host.toyworld.model import INITS, ToyModelConfig, ToyTextEncoder, build_unet, image_to_latent
@@ -433,17 +434,11 @@ def check_weights_out(out: Path, init_from: str = "") -> None:
 def export_weights(ckpt: Path, out: Path, dtype=torch.float16) -> Path:
     """The shipped file: EMA weights of U-Net (diffusion_model.*) and text encoder
     (text_encoder.*) in fp16, with the model config, recipe and step as metadata."""
-    from safetensors import SafetensorError, safe_open
     check_weights_out(out)
     if not Path(ckpt).is_file():
         raise ConfigError(f"{ckpt}: no training checkpoint there (`sae-concepts toyworld train --out "
                           f"{Path(ckpt).parent}` writes it)")
-    try:
-        with safe_open(str(ckpt), "pt") as f:
-            meta = f.metadata() or {}
-        t = load_file(str(ckpt))
-    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-        raise ConfigError(f"{ckpt}: not a readable safetensors checkpoint (truncated or corrupt?): {e}") from e
+    meta, t = read_safetensors(ckpt)   # a truncated or corrupt file: one clear error
     weights = {k[4:]: v.to(dtype).contiguous() for k, v in t.items() if k.startswith("ema.")}
     if not weights or "model_config" not in meta:
         raise ConfigError(f"{ckpt}: not a Toy World training checkpoint (expected ema.* tensors and a model_config "

@@ -240,23 +240,25 @@ def run_steering(cfg: ToyPaperConfig, model, clip, sae_path, dict_path, progress
     out = Path(cfg.out) / "steering"
     out.mkdir(parents=True, exist_ok=True)
     steerer = Steerer(cfg, model, clip, sae_path, dict_path)
+    spatial = parse_betas(cfg.spatial_betas, "--spatial-betas")
+    style = parse_style_betas(cfg.style_betas)
+    suppress = parse_betas(cfg.suppress_betas, "--suppress-betas")
     plan = []   # (kind, name, beta, window, rows, normalisation)
     for w, win in WINDOWS.items():
-        for b in parse_betas(cfg.spatial_betas, "--spatial-betas"):
+        for b in spatial:
             plan.append(("spatial", f"spatial_{w}_b{b:g}_both", b, win, "both", None))
-        for norm, betas in parse_style_betas(cfg.style_betas).items():
+        for norm, betas in style.items():
             for b in betas:
                 plan.append(("style", f"style_{w}_{norm}_b{b:g}_both", b, win, "both", norm))
     # cond rows only (CFG then multiplies the edit by the guidance scale): every beta early, the
     # largest in the other windows.
-    spatial = parse_betas(cfg.spatial_betas, "--spatial-betas")
     for w, win in WINDOWS.items():
         for b in (spatial if w == "early" else spatial[-1:]):
             plan.append(("spatial", f"spatial_{w}_b{b:g}_cond", b, win, "cond", None))
     full = (0.0, 1.0)
     for target in ("object", "style"):
         plan.append((f"suppress_{target}", f"suppress_{target}_remove_all", 0.0, full, "both", "remove"))
-        for b in parse_betas(cfg.suppress_betas, "--suppress-betas"):
+        for b in suppress:
             plan.append((f"suppress_{target}", f"suppress_{target}_neg_b{b:g}", b, full, "both", "mean"))
     tasks = {k: steering_tasks(cfg, k, steerer) for k in ("spatial", "style", "suppress_object", "suppress_style")}
     refs: dict[str, dict] = {}
